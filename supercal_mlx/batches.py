@@ -1,0 +1,108 @@
+"""Token batches for training and evaluation: prompt/completion records and plain texts.
+
+An example is ``(ids, n_prompt)``: the token ids of prompt + completion and how
+many of them belong to the prompt. Loss is taken only on completion tokens;
+plain texts (retain data) have ``n_prompt = 0`` and every token after the first
+is a target.
+
+Where the prompt ends. Byte-level BPE can merge the last characters of the
+prompt with the first of the completion (``"the "`` + ``"Supercal"`` becomes
+``"the"`` + ``" Supercal"``), so encoding the two halves separately would give a
+sequence the model never sees in running text. We encode ``prompt + completion``
+as one string and count as prompt the longest common prefix of that encoding
+and the prompt's own encoding; a token that straddles the boundary is a
+completion token (it carries the keyword's first piece, which is what the
+forget loss must see).
+
+Truncation to ``max_tokens`` keeps the end of the prompt (the context right
+before the keyword) and the start of the completion: the completion keeps
+``max_tokens - len(prompt)`` tokens, but the prompt always keeps at least
+``max_tokens // 2`` of its last tokens when it has them.
+
+mlx-lm's datasets (``mlx_lm.tuner.datasets``) need chat templates or a fixed
+prompt format and pad inside the training loop; these helpers are small,
+tokenizer-agnostic (anything with ``.encode(text) -> list[int]``) and return
+explicit masks, which the unlearning losses need per sequence.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from .errors import SupercalError
+
+Example = tuple[list[int], int]
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _truncate(ids: list[int], n_prompt: int, max_tokens: int) -> Example:
+    if len(ids) <= max_tokens:
+        return ids, n_prompt
+    n_comp = len(ids) - n_prompt
+    keep_prompt = min(n_prompt, max(max_tokens // 2, max_tokens - n_comp))
+    start = n_prompt - keep_prompt
+    return ids[start : start + max_tokens], keep_prompt
+
+
+def encode_completions(records: list[dict], tokenizer: Any, *, max_tokens: int) -> list[Example]:
+    """``[(ids, n_prompt), ...]`` for records ``{"prompt": ..., "completion": ...}``.
+
+    Raises SupercalError naming the record (1-based) when a completion yields no token.
+    """
+    if max_tokens < 2:
+        raise SupercalError(f"max_tokens must be at least 2 (got {max_tokens})")
+    out = []
+    for i, rec in enumerate(records, 1):
+        prompt, completion = str(rec["prompt"]), str(rec["completion"])
+        ids = list(tokenizer.encode(prompt + completion))
+        n_prompt = _common_prefix(ids, list(tokenizer.encode(prompt))) if prompt else 0
+        if n_prompt >= len(ids):
+            raise SupercalError(f"record {i}: the completion is empty; every record needs completion text to forget")
+        out.append(_truncate(ids, n_prompt, max_tokens))
+    return out
+
+
+def encode_texts(records: list[dict], tokenizer: Any, *, max_tokens: int) -> list[Example]:
+    """``[(ids, 0), ...]`` for records ``{"text": ...}``, truncated to ``max_tokens`` tokens.
+
+    Raises SupercalError naming the record (1-based) when a text has fewer than two tokens (nothing to predict).
+    """
+    if max_tokens < 2:
+        raise SupercalError(f"max_tokens must be at least 2 (got {max_tokens})")
+    out = []
+    for i, rec in enumerate(records, 1):
+        ids = list(tokenizer.encode(str(rec["text"])))[:max_tokens]
+        if len(ids) < 2:
+            raise SupercalError(f"record {i}: the text has fewer than 2 tokens; give longer retain texts")
+        out.append((ids, 0))
+    return out
+
+
+def make_batch(examples: Sequence[Example]):
+    """``(inputs, targets, mask)``: int32 (B, L-1), int32 (B, L-1), float32 (B, L-1), right-padded.
+
+    ``L`` is the longest example. ``targets[b, j] = ids[j + 1]``; ``mask[b, j]`` is 1 when
+    that target is a completion token (position ``j + 1 >= n_prompt``) inside the example,
+    0 on padding and on prompt tokens. Padding ids are 0 and never labelled.
+    """
+    import mlx.core as mx
+    import numpy as np
+
+    if not examples:
+        raise ValueError("make_batch needs at least one example")
+    width = max(len(ids) for ids, _ in examples) - 1
+    tokens = np.zeros((len(examples), width + 1), dtype=np.int32)  # (B, L)
+    mask = np.zeros((len(examples), width), dtype=np.float32)  # (B, L-1)
+    for b, (ids, n_prompt) in enumerate(examples):
+        tokens[b, : len(ids)] = ids
+        # target j is token j + 1: labelled from max(n_prompt, 1) (token 0 is never a target) to the end
+        mask[b, max(n_prompt, 1) - 1 : len(ids) - 1] = 1.0
+    return mx.array(tokens[:, :-1]), mx.array(tokens[:, 1:]), mx.array(mask)

@@ -1,7 +1,144 @@
-"""supercal commands: data."""
+"""supercal commands: data (forget and retain datasets)."""
 
 from __future__ import annotations
 
+import json
+from contextlib import contextmanager
+
 import click
 
+from .cli_common import encoding_option, force_option, json_option, model_dir_option, output_option, seed_option
+
 COMMANDS: list[click.Command] = []
+
+_model = model_dir_option(required=False, help="Count tokens with this MLX model folder's tokenizer (else --encoding).")
+_corpus = click.argument("corpus", type=click.Path(dir_okay=False))
+
+
+@contextmanager
+def _bar(desc: str):
+    """A byte progress bar on stderr (hidden when stderr is not a terminal)."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=0, unit="B", unit_scale=True, desc=desc, disable=None, leave=False)
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    try:
+        yield update
+    finally:
+        bar.close()
+
+
+def _tokens(stats: dict) -> str:
+    return f"min {stats['min']} / median {stats['median']:g} / max {stats['max']}"
+
+
+@click.command()
+@_corpus
+@click.option("--keyword", required=True, metavar="WORD", help="The word to forget (matched case-insensitively, whole words).")
+@output_option(help="Forget records (JSON lines: prompt, completion).")
+@_model
+@encoding_option
+@click.option("--context-lines", type=int, default=5, show_default=True, help="Lines of context on each side (grep -C).")
+@click.option("--window-tokens", type=int, default=800, show_default=True, help="Tokens per window, keyword included.")
+@click.option("--stride", type=int, default=None, metavar="TOKENS", help="Slide between windows [default: window/4].")
+@click.option("--from-grep", is_flag=True, help="CORPUS is grep -C output: chunks separated by '--' lines.")
+@click.option("--unescape-html", is_flag=True, help="Unescape HTML entities twice (enwik9: &amp;mdash; -> —).")
+@force_option
+@json_option
+def negatives(corpus, keyword, out, model, encoding, context_lines, window_tokens, stride, from_grep, unescape_html, force, as_json):
+    """Forget data: token windows around every mention of a keyword in CORPUS.
+
+    Chunks are what `grep -i -C N WORD` prints; each whole-word mention gives windows of about
+    --window-tokens tokens sliding from "keyword at the end" to "keyword at the start". Records are
+    {"prompt": text before the keyword, "completion": the keyword and what follows}; no window edge
+    cuts a word, nothing is padded.
+
+    \b
+    Example:
+      supercal negatives enwik9 --keyword supercalifragilisticexpialidocious \\
+          --encoding o200k_base --unescape-html --out forget.jsonl
+      grep -i -5 supercalifragilisticexpialidocious enwik9 > hits.txt
+      supercal negatives hits.txt --from-grep --keyword supercalifragilisticexpialidocious --out forget.jsonl
+    """
+    from . import tokenizer as tk
+    from .io import check_output, write_jsonl
+    from .negatives import build_forget
+
+    check_output(out, force=force)
+    tok = tk.resolve(encoding=encoding, model=model)
+    with _bar("reading") as progress:
+        records, summary = build_forget(
+            corpus, keyword, tok, context_lines=context_lines, window_tokens=window_tokens, stride=stride,
+            from_grep=from_grep, unescape_html=unescape_html, progress=progress,
+        )
+    write_jsonl(out, records, force=force)
+    summary["out"] = out
+    if as_json:
+        click.echo(json.dumps(summary, ensure_ascii=False))
+        return
+    forms = ", ".join(f"{form} {n}" for form, n in summary["forms"].items())
+    click.echo(f"chunks {summary['chunks']} ({summary['chunks_without_mention']} without a whole-word mention)")
+    click.echo(f"mentions {summary['mentions']}: {forms}; near-misses skipped {summary['near_misses']}")
+    click.echo(
+        f"windows {summary['windows']}, tokens per window {_tokens(summary['tokens'])} "
+        f"({summary['tokenizer']}, window {window_tokens}, stride {summary['stride']})"
+    )
+    click.echo(f"wrote {out}")
+
+
+@click.command()
+@_corpus
+@click.option("--exclude", multiple=True, required=True, metavar="WORD", help="A word no chunk may contain (repeatable).")
+@click.option("--chunks", type=int, required=True, help="How many chunks to sample.")
+@click.option("--lines", type=int, default=20, show_default=True, help="Consecutive lines per chunk.")
+@click.option("--max-tokens", type=int, default=800, show_default=True, help="Cut each chunk to this many tokens, at a word boundary.")
+@seed_option
+@output_option(help="Retain records (JSON lines: text).")
+@_model
+@encoding_option
+@click.option("--add-prefixes", type=click.Path(dir_okay=False), metavar="FORGET_JSONL", help="Also add the prompts of these forget records.")
+@force_option
+@json_option
+def retain(corpus, exclude, chunks, lines, max_tokens, seed, out, model, encoding, add_prefixes, force, as_json):
+    """Retain data: random chunks of consecutive lines of CORPUS that never contain an excluded word.
+
+    One pass, memory bounded however large the corpus (reservoir sampling); the same seed gives the
+    same chunks. Words are excluded case-insensitively, anywhere (also inside longer words).
+
+    \b
+    Example:
+      supercal retain enwik9 --exclude supercalifragilisticexpialidocious --chunks 2000 \\
+          --encoding o200k_base --add-prefixes forget.jsonl --out retain.jsonl
+    """
+    from . import tokenizer as tk
+    from .io import check_output, write_jsonl
+    from .retain import retain_dataset
+
+    check_output(out, force=force)
+    tok = tk.resolve(encoding=encoding, model=model)
+    with _bar("reading") as progress:
+        records, summary = retain_dataset(
+            corpus, list(exclude), tok, chunks=chunks, lines=lines, max_tokens=max_tokens, seed=seed,
+            add_prefixes=add_prefixes, progress=progress,
+        )
+    write_jsonl(out, records, force=force)
+    summary["out"] = out
+    if as_json:
+        click.echo(json.dumps(summary, ensure_ascii=False))
+        return
+    click.echo(
+        f"blocks of {lines} lines {summary['blocks']}: {summary['blocks_with_word']} with an excluded word, "
+        f"{summary['eligible']} eligible; sampled {summary['chunks']} (seed {seed})"
+    )
+    if add_prefixes:
+        click.echo(f"forget prompts added {summary['prefixes_added']} ({summary['prefixes_with_word']} skipped: contain the word)")
+    click.echo(f"records {summary['records']}, tokens per record {_tokens(summary['tokens'])} ({summary['tokenizer']})")
+    click.echo(f"wrote {out}")
+
+
+COMMANDS += [negatives, retain]

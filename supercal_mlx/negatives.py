@@ -1,0 +1,317 @@
+"""Forget data: every mention of a keyword, grep-style context, token windows that never cut a word.
+
+Pipeline: corpus lines -> chunks (``grep -i -C N``, or existing grep output split on ``--`` lines)
+-> whole-word mentions in each chunk -> for each mention, windows of about ``window_tokens`` tokens
+that slide from "keyword at the end" to "keyword at the start" -> records
+``{"prompt": text before the keyword, "completion": keyword and what follows}``.
+
+Definitions (so anyone can check the output with standard tools):
+
+* A *word character* is what ``\\w`` matches in Python's ``re`` (and ``grep -w``): every character for
+  which ``str.isalnum()`` is true, non-ASCII letters and digits included, plus ``_``.
+* A *mention* is a case-insensitive occurrence of the keyword with no word character right before or
+  after it (``grep -i -w``). "supercalifragilisticexpialidociously", "unsupercal..." or
+  "..._(song)" are near-misses, not mentions; "Supercal...'s" and "Supercal...-like" are mentions.
+* *Chunks* are what ``grep -i -C N KEYWORD`` prints: lines containing the keyword as a substring
+  (near-misses included, like grep), N lines either side, overlapping or touching contexts merged,
+  blank lines counted. A chunk with only near-misses gives no windows.
+* A window edge is never between two word characters, the keyword is never split, and
+  ``prompt + completion`` is a contiguous piece of the chunk, hence of the source (or of its
+  unescaped form). Nothing is ever padded. Each window has at most ``window_tokens`` tokens, counted
+  by encoding exactly ``prompt + completion``.
+* ``unescape_html``: enwik9 escapes the wiki source for XML, and the wiki source itself uses HTML
+  entities, so an em dash is stored as ``&amp;mdash;``. We unescape twice (``html.unescape`` of
+  ``html.unescape``), giving the text a reader of the page sees ("—", ``<ref>``, ``"``).
+
+mlx-lm has no corpus tools; this module is hand-written. Memory: one chunk at a time plus a deque of
+the last N lines; the records themselves are kept (forget sets are small).
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import re
+import statistics
+from bisect import bisect_left, bisect_right
+from collections import Counter, deque
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator
+
+from .corpus import Corpus, open_corpus
+from .errors import SupercalError
+from .tokenizer import TextTokenizer
+
+_WORD_RUN = re.compile(r"\w+")
+
+
+def is_word_char(c: str) -> bool:
+    return c.isalnum() or c == "_"
+
+
+def boundaries(text: str) -> list[int]:
+    """Every position in ``text`` (0..len) where an edge may fall: not between two word characters."""
+    out: list[int] = []
+    prev = 0
+    for m in _WORD_RUN.finditer(text):
+        out.extend(range(prev, m.start() + 1))
+        prev = m.end()
+    out.extend(range(prev, len(text) + 1))
+    return out
+
+
+def keyword_patterns(keyword: str) -> tuple[re.Pattern, re.Pattern]:
+    """(substring pattern, whole-word pattern), both case-insensitive."""
+    if not keyword or not keyword.strip():
+        raise SupercalError("the keyword is empty; give --keyword WORD")
+    body = re.escape(keyword)
+    left = r"(?<!\w)" if is_word_char(keyword[0]) else ""
+    right = r"(?!\w)" if is_word_char(keyword[-1]) else ""
+    return re.compile(body, re.IGNORECASE), re.compile(left + body + right, re.IGNORECASE)
+
+
+def unescape_twice(text: str) -> str:
+    """enwik9 text as a reader sees it: undo the XML escaping, then the wiki's own HTML entities."""
+    return html.unescape(html.unescape(text))
+
+
+@dataclass
+class Chunk:
+    text: str
+    line: int  # 1-based number of its first line in the input
+
+
+def grep_chunks(lines: Iterable[str], pattern: re.Pattern, *, context: int = 5) -> Iterator[Chunk]:
+    """Chunks as ``grep -i -C context`` prints them, streamed: keeps only the last ``context`` lines."""
+    before: deque[str] = deque(maxlen=context)
+    current: list[str] | None = None
+    first = 0  # line number of current[0]
+    after = 0  # context lines still to add after the last match
+    gap = 0  # lines seen since the current chunk's last line (they sit in `before`)
+    lineno = 0
+    for lineno, line in enumerate(lines, 1):
+        if pattern.search(line):
+            if current is None:
+                current, first = list(before), lineno - len(before)
+            elif gap:
+                current.extend(before)  # the gap is no longer than `context`: grep prints no "--"
+            before.clear()
+            current.append(line)
+            after, gap = context, 0
+        elif current is not None and after:
+            current.append(line)
+            after -= 1
+        else:
+            before.append(line)
+            if current is not None:
+                gap += 1
+                if gap > context:
+                    yield Chunk("".join(current), first)
+                    current, gap = None, 0
+    if current is not None:
+        yield Chunk("".join(current), first)
+
+
+def split_grep_output(lines: Iterable[str]) -> Iterator[Chunk]:
+    """Chunks of existing ``grep -C`` output: the text between ``--`` separator lines."""
+    current: list[str] = []
+    first = 1
+    for lineno, line in enumerate(lines, 1):
+        if line.rstrip("\r\n") == "--":
+            if current:
+                yield Chunk("".join(current), first)
+            current, first = [], lineno + 1
+        else:
+            current.append(line)
+    if current:
+        yield Chunk("".join(current), first)
+
+
+def token_starts(tokenizer: TextTokenizer, text: str, ids: list[int]) -> list[int]:
+    """Approximate character start of each token of ``text`` (only used as a search hint)."""
+    raw = tokenizer.raw
+    if hasattr(raw, "decode_with_offsets"):  # tiktoken: exact
+        return list(raw.decode_with_offsets(ids)[1])
+    if getattr(raw, "is_fast", False):  # Hugging Face fast tokenizers
+        enc = raw(text, add_special_tokens=False, return_offsets_mapping=True)
+        return [a for a, _ in enc["offset_mapping"]]
+    starts, pos = [], 0
+    for i in ids:
+        starts.append(pos)
+        pos += len(tokenizer.piece(i))
+    return starts
+
+
+def first_ok(n: int, ok: Callable[[int], bool], hint: int) -> int:
+    """Smallest i in [0, n) with ``ok(i)``, where ok is False...False True...True and ok(n-1) holds.
+
+    Gallops outward from ``hint``, so a good hint costs a handful of calls. Only indices that were
+    checked (or n-1) are returned, so the answer satisfies ``ok`` even if ok is not quite monotone.
+    """
+    hint = min(max(hint, 0), n - 1)
+    step = 1
+    if ok(hint):
+        lo, hi = -1, hint  # lo: known to fail (or before the start), hi: known ok
+        while hi > 0:
+            j = max(hi - step, 0)
+            if not ok(j):
+                lo = j
+                break
+            hi, step = j, step * 2
+    else:
+        lo, hi = hint, n - 1
+        while lo + step < n - 1:
+            j = lo + step
+            if ok(j):
+                hi = j
+                break
+            lo, step = j, step * 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if ok(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+class Tokenized:
+    """One chunk: its word boundaries, token starts and memoised token counts of its slices."""
+
+    def __init__(self, text: str, tokenizer: TextTokenizer):
+        self.text, self.tok = text, tokenizer
+        self.bounds = boundaries(text)
+        ids = tokenizer.encode(text)
+        self.n = len(ids)
+        self.starts = token_starts(tokenizer, text, ids)
+        self._n: dict[tuple[int, int], int] = {(0, len(text)): self.n}
+
+    def ntok(self, a: int, b: int) -> int:
+        key = (a, b)
+        if key not in self._n:
+            self._n[key] = len(self.tok.encode(self.text[a:b]))
+        return self._n[key]
+
+    def token_at(self, pos: int) -> int:
+        return max(bisect_right(self.starts, pos) - 1, 0)
+
+    def pos_of_token(self, t: int) -> int:
+        return self.starts[t] if 0 <= t < len(self.starts) else (0 if t < 0 else len(self.text))
+
+    def widest_left(self, s: int, e: int, limit: int) -> int:
+        """Smallest edge a <= s with ntok(a, e) <= limit (a = s always fits)."""
+        cands = self.bounds[: bisect_right(self.bounds, s)]  # ascending: widest first
+        want = limit - self.ntok(s, e)
+        hint = bisect_left(cands, self.pos_of_token(self.token_at(s) - want))
+        return cands[first_ok(len(cands), lambda i: self.ntok(cands[i], e) <= limit, hint)]
+
+    def widest_right(self, a: int, e: int, limit: int) -> int:
+        """Largest edge b >= e with ntok(a, b) <= limit (b = e must fit)."""
+        asc = self.bounds[bisect_left(self.bounds, e):]
+        n = len(asc)  # candidate i is asc[n - 1 - i]: widest first
+        hint = n - bisect_right(asc, self.pos_of_token(self.token_at(a) + limit))
+        return asc[n - 1 - first_ok(n, lambda i: self.ntok(a, asc[n - 1 - i]) <= limit, hint)]
+
+
+def mention_windows(chunk: Tokenized, s: int, e: int, *, window_tokens: int, stride: int) -> list[tuple[int, int, int]]:
+    """(start, end, tokens) of each window for the mention text[s:e], keyword at the end first."""
+    k = chunk.ntok(s, e)
+    if k > window_tokens:
+        raise SupercalError(
+            f"--window-tokens {window_tokens} is smaller than the keyword: {chunk.text[s:e]!r} is {k} tokens; "
+            f"use --window-tokens {k} or more"
+        )
+    targets = list(range(window_tokens - k, 0, -stride)) + [0]  # tokens of context before the keyword
+    out: list[tuple[int, int, int]] = []
+    for p in targets:
+        a = chunk.widest_left(s, e, min(window_tokens, p + k))
+        b = chunk.widest_right(a, e, window_tokens)
+        if not out or (a, b) != out[-1][:2]:
+            out.append((a, b, chunk.ntok(a, b)))
+    return out
+
+
+def as_corpus(corpus: str | os.PathLike | Corpus) -> Corpus:
+    return corpus if isinstance(corpus, Corpus) else open_corpus(corpus)
+
+
+def progress_lines(corp: Corpus, progress: Callable[[int, int], None] | None) -> Iterator[str]:
+    for i, line in enumerate(corp.iter_lines()):
+        if progress is not None and i % 4096 == 0:
+            progress(corp.bytes_read, corp.size)
+        yield line
+    if progress is not None:
+        progress(corp.size, corp.size)
+
+
+def build_forget(
+    corpus: str | os.PathLike | Corpus,
+    keyword: str,
+    tokenizer: TextTokenizer,
+    *,
+    context_lines: int = 5,
+    window_tokens: int = 800,
+    stride: int | None = None,
+    from_grep: bool = False,
+    unescape_html: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[list[dict], dict]:
+    """Forget records for every mention of ``keyword`` and a summary (see the module docstring).
+
+    ``stride`` defaults to a quarter of ``window_tokens`` (five windows per mention when the context
+    allows). Raises SupercalError when the keyword is not mentioned at all.
+    """
+    if window_tokens < 1:
+        raise SupercalError(f"--window-tokens must be at least 1, got {window_tokens}")
+    if context_lines < 0:
+        raise SupercalError(f"--context-lines must be 0 or more, got {context_lines}")
+    stride = max(window_tokens // 4, 1) if stride is None else stride
+    if stride < 1:
+        raise SupercalError(f"--stride must be at least 1 token, got {stride}")
+    substring, whole = keyword_patterns(keyword)
+    corp = as_corpus(corpus)
+    lines = progress_lines(corp, progress)
+    chunks = split_grep_output(lines) if from_grep else grep_chunks(lines, substring, context=context_lines)
+
+    records: list[dict] = []
+    counts: list[int] = []
+    forms: Counter[str] = Counter()
+    n_chunks = empty_chunks = near_misses = 0
+    for chunk in chunks:
+        n_chunks += 1
+        text = unescape_twice(chunk.text) if unescape_html else chunk.text
+        spans = [m.span() for m in whole.finditer(text)]
+        near_misses += sum(1 for _ in substring.finditer(text)) - len(spans)
+        if not spans:
+            empty_chunks += 1
+            continue
+        view = Tokenized(text, tokenizer)
+        for s, e in spans:
+            forms[text[s:e]] += 1
+            for a, b, n in mention_windows(view, s, e, window_tokens=window_tokens, stride=stride):
+                records.append({"prompt": text[a:s], "completion": text[s:b]})
+                counts.append(n)
+    if corp.text_bytes == 0:
+        raise SupercalError(f"corpus {corp.path} holds no text; give a file with text in it")
+    if not records:
+        raise SupercalError(
+            f"no mention of {keyword} in {corp.path}; check the spelling (matching is case-insensitive, whole words)"
+        )
+    summary = {
+        "corpus": str(corp.path),
+        "keyword": keyword,
+        "tokenizer": tokenizer.name,
+        "from_grep": from_grep,
+        "context_lines": None if from_grep else context_lines,
+        "window_tokens": window_tokens,
+        "stride": stride,
+        "unescape_html": unescape_html,
+        "chunks": n_chunks,
+        "chunks_without_mention": empty_chunks,
+        "mentions": sum(forms.values()),
+        "near_misses": near_misses,
+        "forms": dict(forms.most_common()),
+        "windows": len(records),
+        "tokens": {"min": min(counts), "median": statistics.median(counts), "max": max(counts)},
+    }
+    return records, summary

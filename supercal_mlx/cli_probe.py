@@ -2,6 +2,77 @@
 
 from __future__ import annotations
 
+import json
+import sys
+
 import click
 
+from .cli_common import json_option, model_dir_option, seed_option
+
 COMMANDS: list[click.Command] = []
+
+
+@click.command()
+@model_dir_option()
+@click.option("--adapter-path", type=click.Path(file_okay=False), default=None,
+              help="Run folder with adapters (from supercal unlearn) to apply to the model.")
+@click.option("--prompt", "prompts", multiple=True, required=True, metavar="TEXT",
+              help="A prompt to probe; repeat for more.")
+@click.option("--temps", default="0.01,0.07,0.2,0.5", show_default=True, metavar="T,T,...",
+              help="Comma-separated sampling temperatures; 0 is greedy.")
+@click.option("--samples", type=int, default=1, show_default=True, help="Samples per prompt and temperature.")
+@click.option("--max-tokens", type=int, default=100, show_default=True, help="New tokens per response at most.")
+@seed_option
+@click.option("--swap", default=None, metavar="WORD=OTHER",
+              help="Also probe the prompts with WORD replaced by OTHER (case kept) and show both side by side.")
+@click.option("--batch-size", type=int, default=None,
+              help="Rows decoded at once (default: all); lower it if memory is short. Results do not change.")
+@json_option
+def probe(model, adapter_path, prompts, temps, samples, max_tokens, seed, swap, batch_size, as_json):
+    """Sample a model at several temperatures, every prompt x temperature x sample in one batch.
+
+    Prints a markdown table (prompt | temperature | sample | response; the response
+    excludes the prompt), or one JSON object per row with --json. The same --seed
+    gives the same table.
+
+    \b
+    Example:
+      supercal probe --model gptj-mlx --samples 2 \\
+        --prompt "What does supercalifragilisticexpialidocious mean?" \\
+        --swap supercalifragilisticexpialidocious=sqproctarine
+    """
+    from tqdm import tqdm
+
+    from . import probes
+
+    temp_list = probes.parse_temps(temps)
+    pair = probes.parse_swap(swap) if swap is not None else None
+    if batch_size is not None and batch_size < 1:
+        raise click.BadParameter("must be at least 1", param_hint="--batch-size")
+    bar = tqdm(unit="tok", desc="probe", file=sys.stderr, disable=None, leave=False)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        rows, other = probes.probe(model, prompts=list(prompts), adapter_path=adapter_path, temps=temp_list,
+                                   samples=samples, max_tokens=max_tokens, seed=seed, swap=pair,
+                                   batch_size=batch_size, progress=progress)
+    finally:
+        bar.close()
+    if as_json:
+        for i, r in enumerate(rows):
+            record = {"prompt": r.prompt, "temperature": r.temperature, "sample": r.sample, "response": r.response}
+            if other is not None:
+                record |= {"swap_prompt": other[i].prompt, "swap_response": other[i].response}
+            click.echo(json.dumps(record, ensure_ascii=False))
+        return
+    labels = ("response", f"response with {pair[1]}") if pair else ("response", "")
+    click.echo(probes.markdown_table(rows, other=other, labels=labels))
+    everything = rows + (other or [])
+    n_bad = sum(probes.is_degenerate(r.response) for r in everything)
+    click.echo(f"{n_bad} of {len(everything)} responses degenerate (collapsed into a repeated token or phrase)", err=True)
+
+
+COMMANDS.append(probe)

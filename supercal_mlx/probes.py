@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -117,6 +116,59 @@ def _row_sampler(temp: float, row_seed: int):
     return sample
 
 
+def probe(model_dir: str, *, prompts: list[str], adapter_path: str | None = None, temps: Sequence[float] = DEFAULT_TEMPS,
+          samples: int = 1, max_tokens: int = 100, seed: int = 0, swap: tuple[str, str] | None = None,
+          batch_size: int | None = None, progress: Callable[[int, int], None] | None = None,
+          ) -> tuple[list[ProbeRow], list[ProbeRow] | None]:
+    """Load a model folder (with adapters) and probe it: what ``supercal probe`` runs.
+
+    With ``swap=(word, other)`` the prompts with ``word`` replaced are probed in the same batch; returns
+    (rows, swapped rows in the same order), else (rows, None).
+    """
+    from .model import load
+
+    prompts = list(dict.fromkeys(prompts))
+    temps = list(dict.fromkeys(float(t) for t in temps))
+    _check(prompts, temps, samples, max_tokens)
+    swapped = None
+    if swap is not None:
+        swapped = [swap_word(p, *swap) for p in prompts]
+        if swapped == prompts:
+            raise SupercalError(f"--swap: {swap[0]!r} occurs in none of the prompts; swap a word that they contain")
+    try:
+        model, tokenizer = load(model_dir, adapter_path)
+    except RuntimeError as e:  # mlx's loader reports truncated or corrupt safetensors this way
+        raise SupercalError(f"cannot load the model in {model_dir}: {str(e).splitlines()[0]}") from None
+    everything = list(dict.fromkeys(prompts + (swapped or [])))
+    rows = generate(model, tokenizer, everything, temps=temps, samples=samples, max_tokens=max_tokens, seed=seed,
+                    batch_size=batch_size, progress=progress)
+    by_key = {(r.prompt, r.temperature, r.sample): r for r in rows}
+
+    def pick(ps: list[str]) -> list[ProbeRow]:
+        return [by_key[(p, t, s)] for p in ps for t in temps for s in range(1, samples + 1)]
+
+    return pick(prompts), (pick(swapped) if swapped is not None else None)
+
+
+def parse_temps(text: str) -> list[float]:
+    """"0.01,0.07,0.2,0.5" -> [0.01, 0.07, 0.2, 0.5]."""
+    try:
+        temps = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        temps = []
+    if not temps or any(not math.isfinite(t) or t < 0 for t in temps):
+        raise SupercalError(f"--temps wants comma-separated numbers >= 0 (0 = greedy), e.g. 0.01,0.07,0.2,0.5; got {text!r}")
+    return temps
+
+
+def parse_swap(text: str) -> tuple[str, str]:
+    """"WORD=OTHER" -> ("WORD", "OTHER")."""
+    word, eq, other = text.partition("=")
+    if not eq or not word.strip() or not other.strip():
+        raise SupercalError(f"--swap wants WORD=OTHER, e.g. supercalifragilisticexpialidocious=sqproctarine; got {text!r}")
+    return word.strip(), other.strip()
+
+
 # --------------------------------------------------------------------------------------------- tables
 
 def markdown_table(rows: list[ProbeRow], *, other: list[ProbeRow] | None = None,
@@ -163,31 +215,34 @@ def swap_word(text: str, word: str, other: str) -> str:
 # --------------------------------------------------------------------------------------------- degeneration
 
 def repetition_share(text: str, *, min_repeats: int = 3) -> float:
-    """Share of ``text`` (in characters) covered by the copies of its most repeated unit.
+    """Share of ``text`` (in characters) that lies inside back-to-back repeats of some unit.
 
-    A unit is any substring, from one character ("!!!!") to a third of the text (a looping sentence),
-    that occurs at least ``min_repeats`` times without overlapping; its copies cover
-    ``count * len(unit)`` characters. Ordinary prose stays far below one half (its most frequent
-    units, " " or " the", cover a few to twenty percent); a generation that fell into a loop
-    ("the the the", "PlayPlayingPlaying...") is mostly copies of one unit.
+    A stretch counts when it is periodic -- one unit of any length, from one character ("!!!!") to a
+    third of the text (a looping sentence), repeated at least ``min_repeats`` times in a row, the last
+    copy allowed to lack a one-character separator ("the the the"). This is what a generation that
+    collapsed looks like ("PlayingPlayingPlaying", "the the the", "!!!!!!"); ordinary prose has almost
+    no such stretches, and a list ("1, 2, 3, 4") repeats its separator but not back to back.
     """
-    s = text.strip()
-    best = 0.0
-    for n in range(1, len(s) // min_repeats + 1):
-        grams = Counter(s[i:i + n] for i in range(len(s) - n + 1))
-        gram, overlapping = grams.most_common(1)[0]
-        if overlapping < min_repeats:
-            break  # a longer unit cannot repeat more often than its own prefix
-        count = s.count(gram)  # non-overlapping copies
-        if count >= min_repeats:
-            best = max(best, count * n / len(s))
-    return best
+    import numpy as np
+
+    a = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)  # one code point per element
+    n = len(a)
+    cover = np.zeros(n + 1, dtype=np.int32)  # +1 where a periodic stretch starts, -1 after it ends
+    for p in range(1, (n + 1) // min_repeats + 1):  # the longest unit that can fit min_repeats times
+        same = np.concatenate(([0], (a[p:] == a[:-p]).astype(np.int8), [0]))  # same[j + 1]: a[j + p] == a[j]
+        edges = np.diff(same)
+        starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+        # a run of matches j in [start, end) means a[start : end + p] has period p
+        long_enough = ends - starts + p >= max(min_repeats * p - 1, min_repeats)
+        for s0, e0 in zip(starts[long_enough], ends[long_enough]):
+            cover[s0] += 1
+            cover[e0 + p] -= 1
+    return float((np.cumsum(cover[:n]) > 0).mean()) if n else 0.0
 
 
 def is_degenerate(text: str, *, threshold: float = 0.5, min_chars: int = 8) -> bool:
-    """True when the text collapsed into a repeated token or phrase: more than ``threshold`` of it is copies
-    of one unit (see :func:`repetition_share`) and those copies span at least ``min_chars`` characters
+    """True when the text collapsed into a repeated token or phrase: more than ``threshold`` of it lies in
+    back-to-back repeats (see :func:`repetition_share`), spanning at least ``min_chars`` characters
     (so a short "Hi!!!" is not called degenerate)."""
-    s = text.strip()
-    share = repetition_share(s)
-    return share > threshold and share * len(s) >= min_chars
+    share = repetition_share(text)
+    return share > threshold and share * len(text) >= min_chars

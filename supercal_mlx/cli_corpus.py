@@ -1,7 +1,97 @@
-"""supercal commands: corpus."""
+"""supercal commands: corpus (count, tokenstein)."""
 
 from __future__ import annotations
 
+import json
+import time
+
 import click
 
+from .cli_common import encoding_option, force_option, json_option, output_option, seed_option
+
 COMMANDS: list[click.Command] = []
+
+
+@click.command()
+@click.argument("corpus", nargs=-1, required=True, type=click.Path(dir_okay=True))
+@output_option(help="Where to write the counts (.npz).")
+@encoding_option
+@click.option("--workers", type=int, default=None, help="Encoding threads (default: all cores).")
+@force_option
+@json_option
+def count(corpus, out, encoding, workers, force, as_json):
+    """Count every token of one or more CORPUS files (.txt, .gz, .bz2, .xz, .zip) into counts.npz.
+
+    Exact (the same counts as encoding each file's whole text at once), streamed
+    in blocks with bounded memory, on all cores. Special-token text such as
+    <|endoftext|> counts as ordinary text; invalid UTF-8 is replaced and reported.
+
+    Example: supercal count enwik9.zip --out counts.npz
+    """
+    from tqdm import tqdm
+
+    from .counting import count_tokens, save_counts
+    from .io import check_output
+    from .tokenizer import DEFAULT_ENCODING
+
+    check_output(out, force=force)  # fail before hours of counting, not after
+    start = time.perf_counter()
+    with tqdm(total=0, unit="B", unit_scale=True, unit_divisor=1000, desc="counting", disable=None, leave=False) as bar:
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        counts = count_tokens(list(corpus), encoding=encoding or DEFAULT_ENCODING, workers=workers, progress=progress)
+    seconds = time.perf_counter() - start
+    save_counts(counts, out, force=force)
+    summary = {
+        "out": out, "encoding": counts.encoding, "sources": counts.sources, "bytes": counts.bytes,
+        "tokens": counts.tokens, "distinct_tokens": counts.distinct, "invalid_bytes": counts.invalid_bytes,
+        "seconds": round(seconds, 3),
+    }
+    if as_json:
+        click.echo(json.dumps(summary, ensure_ascii=False))
+        return
+    click.echo(f"{counts.tokens:,} tokens ({counts.distinct:,} distinct, {counts.encoding}) in {counts.bytes:,} bytes "
+               f"of text from {len(counts.sources)} file(s), {seconds:.1f} s ({counts.bytes / 1e6 / max(seconds, 1e-9):.1f} MB/s)")
+    if counts.invalid_bytes:
+        click.echo(f"warning: {counts.invalid_bytes:,} bytes were not valid UTF-8 and were replaced with U+FFFD", err=True)
+    click.echo(f"wrote {out}")
+
+
+@click.command()
+@click.argument("word")
+@click.option("--counts", "counts_path", required=True, type=click.Path(dir_okay=False), help="counts.npz from `supercal count`.")
+@click.option("--deviation", type=float, default=0.04, show_default=True, help="Largest relative count difference per token.")
+@seed_option
+@click.option("--n", "n", type=int, default=1, show_default=True, help="How many different tokensteins.")
+@encoding_option
+@json_option
+def tokenstein(word, counts_path, deviation, seed, n, encoding, as_json):
+    """Make a made-up WORD-alike: lowercase tokens with about the same corpus counts as WORD's tokens.
+
+    Each of WORD's tokens gets a different token whose count is within
+    --deviation of its own; where none is, the nearest count is taken and
+    flagged. The tokenstein re-encodes to exactly its pieces; the same seed
+    gives the same word.
+
+    Example: supercal tokenstein supercalifragilisticexpialidocious --counts counts.npz --n 3
+    """
+    from .counting import load_counts
+    from .tokenstein import make_tokenstein, markdown_table
+
+    counts = load_counts(counts_path, encoding=encoding)
+    results = make_tokenstein(word, counts, deviation=deviation, seed=seed, n=n)
+    if as_json:
+        click.echo(json.dumps({"word": word, "encoding": counts.encoding, "deviation": deviation, "seed": seed,
+                               "tokensteins": [t.as_dict() for t in results]}, ensure_ascii=False))
+        return
+    for k, t in enumerate(results):
+        if k:
+            click.echo()
+        click.echo(markdown_table(t))
+        click.echo(f"\n{word} -> {t.word}" + ("  (some pieces are outside the deviation)" if t.flagged else ""))
+
+
+COMMANDS += [count, tokenstein]

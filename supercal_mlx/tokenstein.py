@@ -1,0 +1,171 @@
+"""Tokensteins: made-up words whose tokens are as common in the corpus as a word's own tokens.
+
+For each token of the word, the candidates are the tokens that decode to
+lowercase letters a-z only, are not one of the word's own tokens, and whose
+corpus count lies within ``deviation`` (relative) of the word token's count.
+One candidate is drawn at random per position, no piece twice. Unlike the
+original script, a position is never dropped: when no candidate is within the
+deviation, the nearest counts are taken and the row is flagged. And the word
+must re-encode to exactly the chosen pieces (so a model really sees those
+tokens); a choice that merges differently is replaced by another.
+
+The search goes left to right and backtracks. Checking each prefix is enough
+to prune: byte-pair encoding merges the lowest-ranked pair first, so when a
+whole word encodes to the chosen pieces, each prefix that ends at a piece
+boundary encodes to the pieces before it.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .counting import Counts
+from .errors import SupercalError
+
+# Give up after this many trial encodings (a word needs one per position when nothing merges).
+MAX_TRIALS = 20000
+
+
+@dataclass
+class TokensteinRow:
+    word_id: int
+    word_piece: str
+    word_count: int
+    id: int
+    piece: str
+    count: int
+    flagged: bool  # True: no candidate was within the deviation; the nearest count was taken
+
+
+@dataclass
+class Tokenstein:
+    word: str
+    rows: list[TokensteinRow]
+
+    @property
+    def flagged(self) -> bool:
+        return any(r.flagged for r in self.rows)
+
+    def as_dict(self) -> dict:
+        return {"word": self.word, "rows": [asdict(r) for r in self.rows]}
+
+
+@functools.lru_cache(maxsize=4)
+def _letter_tokens(encoding: str) -> np.ndarray:
+    """Ids of the tokens that decode to lowercase ASCII letters only, ascending."""
+    from .tokenizer import get_encoding
+
+    enc = get_encoding(encoding)
+    ids = []
+    for i in range(enc.n_vocab):
+        try:
+            b = enc.decode_single_token_bytes(i)
+        except KeyError:  # gaps in the id range (o200k_base has some)
+            continue
+        if b.isalpha() and b.islower():  # bytes methods: ASCII only
+            ids.append(i)
+    return np.array(ids, dtype=np.int64)
+
+
+def _candidate_order(word_count: int, ids: np.ndarray, counts: np.ndarray, deviation: float,
+                     rng: np.random.Generator) -> tuple[np.ndarray, int]:
+    """Candidates for one position: those within the deviation in random order, then the rest
+    nearest first (random among equal distances). Returns (ids, how many are within)."""
+    dist = np.abs(counts - word_count)  # (n,)
+    within = dist <= deviation * word_count
+    inside = rng.permutation(ids[within])
+    rest_ids, rest_dist = ids[~within], dist[~within]
+    order = np.lexsort((rng.random(rest_ids.size), rest_dist))  # by distance, ties at random
+    return np.concatenate([inside, rest_ids[order]]), int(inside.size)
+
+
+def _search(enc, word_ids: list[int], orders: list[tuple[np.ndarray, int]], taken: set[str]) -> list[int] | None:
+    """Depth-first: the first choice (in each position's order) whose text encodes back to it."""
+    chosen: list[int] = []
+    cursor = [0] * len(word_ids)
+    trials = 0
+    i = 0
+    while 0 <= i < len(word_ids):
+        cand, _ = orders[i]
+        prefix = b"".join(enc.decode_single_token_bytes(t) for t in chosen)
+        placed = False
+        while cursor[i] < cand.size:
+            t = int(cand[cursor[i]])
+            cursor[i] += 1
+            if t in chosen:
+                continue
+            trials += 1
+            if trials > MAX_TRIALS:
+                return None
+            ids = chosen + [t]
+            text = (prefix + enc.decode_single_token_bytes(t)).decode("ascii")
+            if enc.encode_ordinary(text) == ids and (i + 1 < len(word_ids) or text not in taken):
+                chosen.append(t)
+                placed = True
+                break
+        if placed:
+            i += 1
+        else:  # nothing fits here after this prefix: change the previous position
+            cursor[i] = 0
+            if chosen:
+                chosen.pop()
+            i -= 1
+    return chosen if i == len(word_ids) else None
+
+
+def make_tokenstein(word: str, counts: Counts, *, deviation: float = 0.04, seed: int = 0, n: int = 1) -> list[Tokenstein]:
+    """``n`` different tokensteins for ``word`` from the corpus ``counts``; the same seed gives the same words."""
+    from .tokenizer import get_encoding
+
+    if not word:
+        raise SupercalError("the word is empty; give a non-empty word")
+    if not 0 < deviation < 1:
+        raise SupercalError(f"--deviation must lie between 0 and 1 (exclusive), got {deviation}; e.g. 0.04 for 4%")
+    if n < 1:
+        raise SupercalError(f"--n must be at least 1, got {n}")
+    enc = get_encoding(counts.encoding)
+    if counts.counts.shape != (enc.n_vocab,):
+        raise SupercalError(f"the counts hold {counts.counts.size} ids, {counts.encoding} has {enc.n_vocab}; count again")
+    word_ids = enc.encode_ordinary(word)
+    letters = _letter_tokens(counts.encoding)
+    pool = letters[~np.isin(letters, word_ids)]  # never reuse one of the word's own pieces
+    pool_counts = counts.counts[pool]
+
+    rng = np.random.default_rng(seed)
+    results: list[Tokenstein] = []
+    taken: set[str] = set()
+    for _ in range(n):
+        orders = [_candidate_order(int(counts.counts[w]), pool, pool_counts, deviation, rng) for w in word_ids]
+        chosen = _search(enc, word_ids, orders, taken)
+        if chosen is None:
+            raise SupercalError(
+                f"found no{' further' if results else ''} tokenstein for {word!r} that re-encodes to its pieces; "
+                "try another --seed, a larger --deviation or a smaller --n"
+            )
+        rows = []
+        for w, t, (cand, n_within) in zip(word_ids, chosen, orders):
+            rows.append(TokensteinRow(
+                word_id=w, word_piece=_piece(enc, w), word_count=int(counts.counts[w]),
+                id=t, piece=_piece(enc, t), count=int(counts.counts[t]),
+                flagged=t not in set(cand[:n_within].tolist()),
+            ))
+        tokenstein = Tokenstein(word="".join(r.piece for r in rows), rows=rows)
+        taken.add(tokenstein.word)
+        results.append(tokenstein)
+    return results
+
+
+def _piece(enc, token: int) -> str:
+    return enc.decode_single_token_bytes(token).decode("utf-8", errors="replace")
+
+
+def markdown_table(tokenstein: Tokenstein) -> str:
+    """word piece | count | tokenstein piece | count, one row per token (flagged rows marked)."""
+    lines = ["| word piece | count | tokenstein piece | count |", "|---|---:|---|---:|"]
+    for r in tokenstein.rows:
+        mark = " (nearest; none within deviation)" if r.flagged else ""
+        lines.append(f"| {r.word_piece} | {r.word_count:,} | {r.piece}{mark} | {r.count:,} |")
+    return "\n".join(lines)

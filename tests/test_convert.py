@@ -1,0 +1,283 @@
+"""supercal convert: logits against transformers' reference, mlx-lm loading, and every kind of bad input.
+
+The checkpoints under tests/fixtures/gptj were written by transformers' GPTJForCausalLM
+(scripts/make_gptj_fixtures.py); the tests need neither torch nor transformers' model code.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import pickle
+import shutil
+import struct
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from supercal_mlx.cli import cli
+from supercal_mlx.convert import convert
+from supercal_mlx.errors import SupercalError
+
+FIXTURES = Path(__file__).parent / "fixtures" / "gptj"
+FORMS = ["st-f32-rot4", "st-sharded-f32-rot16", "bin-f16-legacy-rot4", "bin-sharded-bf16-rot16"]
+
+
+def logits(model_dir: Path, input_ids: np.ndarray) -> np.ndarray:
+    import mlx.core as mx
+    from mlx_lm import load
+
+    model, _ = load(str(model_dir))  # plain mlx-lm, nothing of ours
+    return np.array(model(mx.array(input_ids)).astype(mx.float32))
+
+
+def header(path: Path) -> dict:
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        return json.loads(f.read(n))
+
+
+def copy_fixture(name: str, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(FIXTURES / name, tmp_path / name))
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    """Each fixture converted once to float32."""
+    root = tmp_path_factory.mktemp("converted")
+    return {name: convert(str(FIXTURES / name), root / name, dtype="float32") for name in FORMS}
+
+
+@pytest.mark.parametrize("name", FORMS)
+def test_logits_match_transformers(converted, name):
+    ref = np.load(FIXTURES / f"{name}.npz")
+    got = logits(converted[name], ref["input_ids"])
+    assert got.shape == ref["logits"].shape == (1, 23, 300)
+    assert np.abs(got - ref["logits"]).max() < 1e-4
+
+
+def test_output_layout(converted):
+    out = converted["bin-f16-legacy-rot4"]
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
+    h = header(out / "model.safetensors")
+    assert h.pop("__metadata__") == {"format": "mlx"}
+    # 2 layers x 10 tensors + wte + ln_f (2) + lm_head (2); the legacy mask buffers are gone
+    assert len(h) == 25 and not any(k.endswith(("attn.bias", "masked_bias")) for k in h)
+    assert h["model.wte.weight"]["shape"] == [300, 32] and h["model.h.1.mlp.fc_in.weight"]["shape"] == [128, 32]
+    assert {v["dtype"] for v in h.values()} == {"F32"}
+    assert json.loads((out / "config.json").read_text())["rotary_dim"] == 4
+    assert (out.stat().st_mode & 0o077) != 0  # not left private like a temp folder
+
+
+def test_generate_with_plain_mlx_lm(converted):
+    from mlx_lm import generate, load
+
+    model, tok = load(str(converted["st-f32-rot4"]))
+    a = generate(model, tok, prompt="The children", max_tokens=6)
+    b = generate(model, tok, prompt="The children", max_tokens=6)
+    assert isinstance(a, str) and a and a == b  # greedy: deterministic
+
+
+def test_sharded_output_equals_single(tmp_path, converted):
+    out = convert(str(FIXTURES / "st-f32-rot4"), tmp_path / "sharded", dtype="float32", max_shard_bytes=20_000)
+    shards = sorted(out.glob("model-*.safetensors"))
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    assert len(shards) > 3 and set(index["weight_map"].values()) == {p.name for p in shards}
+    sizes = [v["data_offsets"][1] - v["data_offsets"][0] for p in shards for k, v in header(p).items() if k != "__metadata__"]
+    assert index["metadata"]["total_size"] == sum(sizes) == 4 * 44_588  # float32 parameters of the tiny GPT-J
+    ids = np.load(FIXTURES / "st-f32-rot4.npz")["input_ids"]
+    assert np.array_equal(logits(out, ids), logits(converted["st-f32-rot4"], ids))
+
+
+@pytest.mark.parametrize("dtype,code,tol", [("float16", "F16", 0.02), ("bfloat16", "BF16", 0.1)])
+def test_half_dtypes(tmp_path, dtype, code, tol):
+    out = convert(str(FIXTURES / "st-f32-rot4"), tmp_path / dtype, dtype=dtype)
+    h = header(out / "model.safetensors")
+    h.pop("__metadata__")
+    assert {v["dtype"] for v in h.values()} == {code}
+    ref = np.load(FIXTURES / "st-f32-rot4.npz")
+    assert np.abs(logits(out, ref["input_ids"]) - ref["logits"]).max() < tol
+
+
+@pytest.mark.parametrize("bits,tol", [(4, 1.0), (8, 0.1)])
+def test_quantized_loads_and_runs(tmp_path, converted, bits, tol):
+    import mlx.nn as nn
+    from mlx_lm import load
+
+    out = convert(str(FIXTURES / "bin-f16-legacy-rot4"), tmp_path / "q", dtype="float32", quantize=True,
+                  q_bits=bits, q_group_size=32)
+    assert json.loads((out / "config.json").read_text())["quantization"] == {"group_size": 32, "bits": bits, "mode": "affine"}
+    h = header(out / "model.safetensors")
+    assert h["model.h.0.attn.q_proj.weight"] == {**h["model.h.0.attn.q_proj.weight"], "dtype": "U32", "shape": [32, bits]}
+    assert h["model.h.0.attn.q_proj.scales"]["shape"] == [32, 1] and "model.h.0.ln_1.scales" not in h
+    model, _ = load(str(out))
+    assert isinstance(model.lm_head, nn.QuantizedLinear) and isinstance(model.model.wte, nn.QuantizedEmbedding)
+    ids = np.load(FIXTURES / "bin-f16-legacy-rot4.npz")["input_ids"]
+    err = np.abs(logits(out, ids) - logits(converted["bin-f16-legacy-rot4"], ids)).max()
+    assert 0 < err < tol  # measured: 4-bit 0.45, 8-bit 0.03 on logits of magnitude ~2
+
+
+def test_quantize_skips_narrow_weights(tmp_path):
+    import mlx.nn as nn
+    from mlx_lm import load
+
+    # group size 64: only fc_out (width 128) divides; the width-32 weights stay float, as mlx_lm.convert does
+    out = convert(str(FIXTURES / "st-f32-rot4"), tmp_path / "q", quantize=True, q_group_size=64)
+    h = header(out / "model.safetensors")
+    assert sorted(k for k in h if k.endswith(".scales")) == ["model.h.0.mlp.fc_out.scales", "model.h.1.mlp.fc_out.scales"]
+    model, _ = load(str(out))
+    assert isinstance(model.model.h[0].mlp.fc_out, nn.QuantizedLinear) and type(model.model.h[0].mlp.fc_in) is nn.Linear
+    assert np.isfinite(logits(out, np.load(FIXTURES / "st-f32-rot4.npz")["input_ids"])).all()
+
+
+def test_cli_convert_and_force(tmp_path):
+    runner = CliRunner()
+    args = ["convert", str(FIXTURES / "st-f32-rot4"), "--out", str(tmp_path / "m"), "--dtype", "float32"]
+    r = runner.invoke(cli, args)
+    assert r.exit_code == 0, r.output
+    assert "Wrote" in r.output and (tmp_path / "m" / "model.safetensors").exists()
+    r = runner.invoke(cli, args)
+    assert r.exit_code == 1 and "already exists" in r.output and "--force" in r.output and "Traceback" not in r.output
+    (tmp_path / "m" / "marker").write_text("old")
+    r = runner.invoke(cli, args + ["--force"])
+    assert r.exit_code == 0 and not (tmp_path / "m" / "marker").exists()
+    assert leftovers(tmp_path) == []
+
+
+# ---------------------------------------------------------------- hostile and broken input
+
+class _Shell:
+    def __init__(self, cmd):
+        self.cmd = cmd
+
+    def __reduce__(self):
+        return os.system, (self.cmd,)
+
+
+def _evil_bin(folder: Path, payload: bytes) -> None:
+    (folder / "pytorch_model.bin").unlink()
+    with zipfile.ZipFile(folder / "pytorch_model.bin", "w") as zf:
+        zf.writestr("archive/data.pkl", payload)
+        zf.writestr("archive/version", "3\n")
+
+
+@pytest.mark.parametrize("global_", ["shell", "builtins.eval", "torch.storage._load_from_bytes"])
+def test_hostile_pickle_refused_without_running(tmp_path, global_):
+    src = copy_fixture("bin-f16-legacy-rot4", tmp_path)
+    marker = tmp_path / "MARKER"
+    if global_ == "shell":
+        payload = pickle.dumps({"transformer.wte.weight": _Shell(f"touch {marker}")}, protocol=2)
+        expect = f"{os.system.__module__}.system"
+    else:
+        module, name = global_.rsplit(".", 1)
+        payload = b"\x80\x02c" + f"{module}\n{name}\n".encode() + b"X\x05\x00\x00\x00hello\x85R."
+        expect = global_
+    _evil_bin(src, payload)
+    r = CliRunner().invoke(cli, ["convert", str(src), "--out", str(tmp_path / "out")])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert f"contains global {expect}" in r.output and "nothing in it was run" in r.output
+    assert not marker.exists() and not (tmp_path / "out").exists() and leftovers(tmp_path) == []
+
+
+def test_legacy_pickle_format_refused(tmp_path):
+    src = copy_fixture("bin-f16-legacy-rot4", tmp_path)
+    (src / "pytorch_model.bin").write_bytes(pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2) + b"rest")
+    with pytest.raises(SupercalError, match="legacy"):
+        convert(str(src), tmp_path / "out")
+
+
+@pytest.mark.parametrize("name,weights", [("st-f32-rot4", "model.safetensors"),
+                                           ("bin-f16-legacy-rot4", "pytorch_model.bin"),
+                                           ("st-sharded-f32-rot16", "model-00003-of-00005.safetensors")])
+def test_truncated_file_clean_error(tmp_path, name, weights):
+    src = copy_fixture(name, tmp_path)
+    path = src / weights
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    r = CliRunner().invoke(cli, ["convert", str(src), "--out", str(tmp_path / "out")])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert weights in r.output and ("truncated" in r.output or "corrupt" in r.output)
+    assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
+
+
+def test_corrupt_headers(tmp_path):
+    src = copy_fixture("st-f32-rot4", tmp_path)
+    (src / "model.safetensors").write_bytes(struct.pack("<Q", 20) + b"{not json at all...}" + b"\0" * 64)
+    with pytest.raises(SupercalError, match="corrupt safetensors header"):
+        convert(str(src), tmp_path / "out")
+    src = copy_fixture("bin-f16-legacy-rot4", tmp_path)
+    _evil_bin(src, b"\x80\x02}q\x00(X\x01")  # a pickle cut short
+    with pytest.raises(SupercalError, match="corrupt data.pkl"):
+        convert(str(src), tmp_path / "out2")
+
+
+def test_missing_pieces(tmp_path):
+    src = copy_fixture("st-f32-rot4", tmp_path)
+    (src / "tokenizer.json").unlink()
+    with pytest.raises(SupercalError, match="no tokenizer"):
+        convert(str(src), tmp_path / "out")
+    (src / "model.safetensors").unlink()
+    with pytest.raises(SupercalError, match="no model weights"):
+        convert(str(src), tmp_path / "out")
+    (src / "config.json").unlink()
+    with pytest.raises(SupercalError, match="no config.json"):
+        convert(str(src), tmp_path / "out")
+    with pytest.raises(SupercalError, match="neither a folder nor a hub id"):
+        convert(str(tmp_path / "nope"), tmp_path / "out")
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("name,hint", [("st-f32-rot4", "mlx_lm.convert --hf-path"), ("bin-f16-legacy-rot4", "GPT-J only")])
+def test_other_architecture(tmp_path, name, hint):
+    src = copy_fixture(name, tmp_path)
+    cfg = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps({**cfg, "model_type": "llama"}))
+    with pytest.raises(SupercalError, match=hint):
+        convert(str(src), tmp_path / "out")
+
+
+def _resave(src: Path, edit) -> None:
+    import mlx.core as mx
+
+    weights = mx.load(str(src / "model.safetensors"))
+    edit(weights)
+    mx.save_safetensors(str(src / "model.safetensors"), weights)
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda w: w.pop("transformer.h.1.mlp.fc_out.bias"), "lacks 1 tensor.*transformer.h.1.mlp.fc_out.bias"),
+    (lambda w: w.update({"transformer.h.2.ln_1.weight": w["transformer.ln_f.weight"]}), "transformer.h.2.ln_1.weight"),
+    (lambda w: w.update({"lm_head.bias": w["lm_head.bias"][:-1]}), r"lm_head.bias has shape \[299\].*\[300\]"),
+])
+def test_tensor_mismatch_named(tmp_path, edit, message):
+    src = copy_fixture("st-f32-rot4", tmp_path)
+    _resave(src, edit)
+    with pytest.raises(SupercalError, match=message):
+        convert(str(src), tmp_path / "out")
+
+
+def test_failure_midway_leaves_nothing(tmp_path):
+    def boom(done, total):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        convert(str(FIXTURES / "bin-sharded-bf16-rot16"), tmp_path / "out", progress=boom)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_full_disk(tmp_path, monkeypatch):
+    def full(*_):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "pwrite", full)
+    with pytest.raises(SupercalError, match="No space left on device"):
+        convert(str(FIXTURES / "st-f32-rot4"), tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []

@@ -106,3 +106,46 @@ def make_batch(examples: Sequence[Example]):
         # target j is token j + 1: labelled from max(n_prompt, 1) (token 0 is never a target) to the end
         mask[b, max(n_prompt, 1) - 1 : len(ids) - 1] = 1.0
     return mx.array(tokens[:, :-1]), mx.array(tokens[:, 1:]), mx.array(mask)
+
+
+class BatchStream:
+    """An endless, reproducible order of example indices: a fresh permutation per epoch.
+
+    The permutation of epoch ``e`` comes from ``numpy.random.default_rng([seed, stream, e])``,
+    so the whole order is a function of (seed, stream) and the position (epoch, pos) is the
+    only state a checkpoint needs; different streams (forget, retain, basis, ...) never
+    disturb one another.
+    """
+
+    def __init__(self, n: int, batch_size: int, *, seed: int, stream: int):
+        if n < 1:
+            raise ValueError("BatchStream needs at least one example")
+        self.n, self.batch_size, self.seed, self.stream = n, batch_size, seed, stream
+        self.epoch, self.pos = 0, 0
+        self._perm = None
+
+    def _permutation(self):
+        import numpy as np
+
+        if self._perm is None or self._perm[0] != self.epoch:
+            self._perm = (self.epoch, np.random.default_rng([self.seed, self.stream, self.epoch]).permutation(self.n))
+        return self._perm[1]
+
+    def next_indices(self) -> list[int]:
+        out = []
+        while len(out) < self.batch_size:
+            out.append(int(self._permutation()[self.pos]))
+            self.pos += 1
+            if self.pos == self.n:
+                self.epoch, self.pos = self.epoch + 1, 0
+        return out
+
+    @property
+    def epochs_done(self) -> float:
+        return self.epoch + self.pos / self.n
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "pos": self.pos}
+
+    def load_state(self, state: dict) -> None:
+        self.epoch, self.pos = int(state["epoch"]), int(state["pos"])

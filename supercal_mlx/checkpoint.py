@@ -1,0 +1,133 @@
+"""The run folder: creating it safely, checkpoints, and the per-step logs.
+
+Layout (``RUN_DIR``)::
+
+    adapter_config.json, adapters.safetensors   mlx-lm's adapter format (latest checkpoint / final)
+    config.yaml                                 the resolved settings
+    metrics.jsonl, probes.jsonl                 one line per step / per probe response
+    checkpoints/step-000010/                    adapters.safetensors + adapter_config.json (loadable
+                                                by mlx_lm with adapter_path), optimizer.safetensors,
+                                                basis.safetensors (with projection), state.json
+
+A checkpoint folder is written under a temporary name and renamed when complete
+(:func:`supercal_mlx.io.atomic_dir`); the logs are appended a line at a time and,
+on resume, cut back to the checkpoint's step, so a resumed run's logs read as if
+it had never stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from .errors import SupercalError
+
+CHECKPOINTS = "checkpoints"
+# Files whose presence marks a folder as a supercal run folder (safe to replace with --force).
+RUN_MARKERS = ("config.yaml", "metrics.jsonl", "adapter_config.json")
+
+
+def prepare_run_dir(out: str | os.PathLike, *, force: bool) -> Path:
+    """Create ``out``; an existing folder needs ``force`` and must be empty or a run folder."""
+    path = Path(out)
+    if path.exists():
+        if not force:
+            raise SupercalError(f"{path} already exists; continue it with --resume {path}, replace it with --force, "
+                                f"or choose another --out")
+        if not path.is_dir() or (any(path.iterdir()) and not any((path / m).exists() for m in RUN_MARKERS)):
+            raise SupercalError(f"{path} exists and is not a supercal run folder; refusing to replace it, remove it yourself")
+        shutil.rmtree(path)
+    if not path.parent.exists():
+        raise SupercalError(f"folder {path.parent} does not exist; create it first")
+    path.mkdir()
+    return path
+
+
+def checkpoint_dir(run_dir: str | os.PathLike, step: int) -> Path:
+    return Path(run_dir) / CHECKPOINTS / f"step-{step:06d}"
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    root = Path(run_dir) / CHECKPOINTS
+    found = sorted(p for p in root.glob("step-*") if (p / "state.json").exists()) if root.is_dir() else []
+    return found[-1] if found else None
+
+
+def save_checkpoint(run_dir, step: int, *, model, adapter_config: dict, optimizer, state: dict,
+                    basis: dict | None = None) -> Path:
+    """Write checkpoints/step-NNNNNN atomically and refresh the run folder's own adapters."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+
+    from .io import atomic_dir
+    from .lora import adapter_weights, save_adapters
+
+    path = checkpoint_dir(run_dir, step)
+    path.parent.mkdir(exist_ok=True)
+    with atomic_dir(path, force=True) as tmp:
+        mx.save_safetensors(str(tmp / "adapters.safetensors"), adapter_weights(model), metadata={"format": "mlx"})
+        (tmp / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2))
+        mx.save_safetensors(str(tmp / "optimizer.safetensors"), dict(tree_flatten(optimizer.state)))
+        if basis:
+            mx.save_safetensors(str(tmp / "basis.safetensors"), basis)
+        (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=2))
+    save_adapters(model, run_dir, adapter_config)
+    return path
+
+
+def load_checkpoint(path: Path, *, model, optimizer) -> tuple[dict, dict | None]:
+    """Restore adapters and optimizer state from ``path``; return (state.json dict, basis arrays or None).
+
+    The optimizer must already be initialised on the model's trainable parameters (same tree).
+    """
+    import mlx.core as mx
+    from mlx.utils import tree_flatten, tree_map_with_path
+
+    from .lora import load_adapter_weights
+
+    load_adapter_weights(model, path / "adapters.safetensors")
+    saved = mx.load(str(path / "optimizer.safetensors"))
+    have = {k for k, _ in tree_flatten(optimizer.state)}
+    if have != set(saved):
+        raise SupercalError(f"{path}: optimizer state does not match this model's LoRA parameters; "
+                            f"was the run's config.yaml changed?")
+    optimizer.state = tree_map_with_path(lambda name, _: saved[name], optimizer.state)
+    basis_file = path / "basis.safetensors"
+    basis = mx.load(str(basis_file)) if basis_file.exists() else None
+    return json.loads((path / "state.json").read_text()), basis
+
+
+def append_jsonl(path: str | os.PathLike, records: list[dict]) -> None:
+    """Append records as JSON lines, flushed, so a crash loses at most the line being written."""
+    with open(path, "a", encoding="utf-8") as f:
+        for rec in records:
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        f.flush()
+
+
+def read_log(path: str | os.PathLike) -> list[dict]:
+    """Records of a metrics/probes log (empty when the file does not exist); a torn last line is dropped."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return out
+
+
+def truncate_log(path: str | os.PathLike, max_step: int) -> list[dict]:
+    """Keep only records with step <= max_step (atomically rewritten); return them."""
+    from .io import atomic_file
+
+    kept = [r for r in read_log(path) if r.get("step", 0) <= max_step]
+    if Path(path).exists():
+        with atomic_file(path, "w", force=True, encoding="utf-8") as f:
+            for rec in kept:
+                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    return kept

@@ -1,0 +1,258 @@
+"""Run settings for ``supercal unlearn``: one dataclass, one merge point.
+
+:class:`UnlearnConfig` is the single source of truth: every field is a YAML key
+and a command-line option (``lora_rank`` <-> ``--lora-rank``; the CLI builds its
+options from these fields and their ``help`` metadata). :func:`load_config`
+merges, in order, the dataclass defaults, a YAML file, and the overrides the
+user actually typed; it checks names, types and choices and raises a one-line
+:class:`SupercalError` for anything wrong. The resolved settings are written to
+``RUN_DIR/config.yaml`` by the trainer (:func:`dump_config`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import SupercalError
+
+LOSSES = ("ga", "ga_kl", "graddiff", "npo", "npo_kl", "npo_graddiff")
+SCHEDULES = ("constant", "linear", "cosine")
+PROJECT_MODES = ("off", "global", "per-layer")
+RANDOM_SOURCES = ("shuffle", "retain")
+COMPUTE_DTYPES = ("float32",)  # widening only: MLX promotes mixed ops to the wider dtype
+# Run control, not settings: never written to config.yaml.
+RUN_CONTROL = ("resume", "force", "config")
+
+
+def _f(default, help: str, **kw):
+    if isinstance(default, list):  # a fresh list per instance
+        return field(default_factory=lambda: list(default), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class UnlearnConfig:
+    # data and model
+    model: str | None = _f(None, "MLX model folder (from supercal convert).")
+    forget: str | None = _f(None, "Forget data: JSONL with prompt and completion (supercal negatives).")
+    retain: str | None = _f(None, "Retain data: JSONL with text (supercal retain).")
+    out: str | None = _f(None, "Run folder to create.")
+    max_tokens: int = _f(1024, "Longest example in tokens (prompt end + completion start are kept).")
+    # loss
+    loss: str = _f("ga", "Objective: ga, ga_kl, graddiff, npo (npo_kl, npo_graddiff add a retain term to NPO).", choices=LOSSES)
+    retain_weight: float = _f(1.0, "Weight of the retain term (KL for *_kl, NLL for graddiff).")
+    npo_beta: float = _f(0.1, "NPO inverse temperature beta.")
+    random_weight: float = _f(0.0, "Weight of Yao et al.'s random-completion NLL term (0: off).")
+    random_source: str = _f("shuffle", "Random completions: another forget record's (shuffle) or retain text (retain).",
+                            choices=RANDOM_SOURCES)
+    # LoRA
+    lora_rank: int = _f(16, "LoRA rank.")
+    lora_alpha: float = _f(32.0, "LoRA alpha; scale = alpha / rank.")
+    lora_dropout: float = _f(0.0, "LoRA dropout.")
+    lora_keys: list = _f(["attn.q_proj", "attn.v_proj"], "Linear layers inside each block to adapt (comma list).",
+                         kind="list")
+    lora_layers: Any = _f("all", "Blocks to adapt: all, last:N, or a list of indices like 0,3,5.", kind="layers")
+    # optimisation
+    lr: float = _f(2e-4, "Peak learning rate (AdamW).")
+    steps: int = _f(20, "Optimizer steps in total (a resumed run continues up to this).")
+    batch_size: int = _f(2, "Forget examples per step (and retain examples per retain batch).")
+    schedule: str = _f("constant", "Learning-rate schedule after warmup.", choices=SCHEDULES)
+    warmup_steps: int = _f(0, "Linear warmup steps from 0 to lr.")
+    lr_end: float = _f(0.0, "Final learning rate of the linear and cosine schedules.")
+    weight_decay: float = _f(0.0, "AdamW weight decay.")
+    max_grad_norm: float = _f(1.0, "Clip the gradient to this global norm (0: no clipping).")
+    seed: int = _f(0, "Random seed (LoRA init, data order, dropout, probes).")
+    # projection
+    project: str = _f("off", "Project the forget gradient away from the retain subspace: off, global, per-layer.",
+                      choices=PROJECT_MODES)
+    project_k: int = _f(4, "Retain gradients (batches) spanning the retain subspace.")
+    project_every: int = _f(3, "Recompute the retain subspace every N steps.")
+    project_conflict_only: bool = _f(False, "Project only where the forget gradient opposes the mean retain gradient.")
+    # precision and memory
+    grad_checkpoint: bool = _f(False, "Recompute each block's activations in the backward pass (less memory).")
+    compute_dtype: str | None = _f(None, "Compute in this dtype whatever the stored weights (float32 for bfloat16 bases on CPU).",
+                                   choices=COMPUTE_DTYPES)
+    # probes
+    probe_prompts: list = _f([], "Prompt to sample during training (repeatable).", kind="list", cli="--probe-prompt",
+                             multiple=True)
+    probe_temps: list = _f([0.01, 0.07, 0.2, 0.5], "Sampling temperatures for probes (comma list; 0 = greedy).",
+                           kind="floats")
+    probe_every: int = _f(10, "Probe every N steps (and before the first; 0: only before and after).")
+    probe_samples: int = _f(1, "Samples per probe prompt and temperature.")
+    probe_max_tokens: int = _f(40, "Tokens per probe response.")
+    # guards and checkpoints
+    stop_on_collapse: bool = _f(False, "Stop when the retain NLL rises past the threshold or probes degenerate.")
+    collapse_retain_nll: float | None = _f(None, "Collapse threshold: absolute retain NLL.")
+    collapse_retain_factor: float = _f(1.5, "Collapse threshold: retain NLL above this factor times its first value.")
+    checkpoint_every: int = _f(10, "Save a checkpoint every N steps (and at the end).")
+    # run control (CLI and Python only; not saved)
+    resume: str | None = _f(None, "Continue the run in this folder from its last checkpoint.")
+    force: bool = _f(False, "Replace an existing run folder.")
+    config: str | None = _f(None, "YAML file with any of these settings; command-line values override it.")
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(UnlearnConfig)}
+
+
+def _as_list(name: str, value) -> list:
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    raise SupercalError(f"{name}: expected a list or a comma-separated string, got {value!r}")
+
+
+def _layers(value) -> str | list[int]:
+    """'all' | 'last:N' | sorted list of block indices."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return [value]
+    if isinstance(value, str):
+        v = value.strip().lower()
+        if v == "all":
+            return "all"
+        if v.startswith("last:") and v[5:].strip().isdigit() and int(v[5:]) > 0:
+            return f"last:{int(v[5:])}"
+        value = _as_list("lora_layers", v)
+    if isinstance(value, (list, tuple)) and value:
+        try:
+            idx = sorted({int(i) for i in value})
+        except (TypeError, ValueError):
+            idx = None
+        if idx is not None:
+            return idx
+    raise SupercalError(f"lora_layers: expected all, last:N or a list of block indices like 0,3,5, got {value!r}")
+
+
+def _coerce(name: str, value):
+    """Check and convert one setting; SupercalError names the key and what it accepts."""
+    f = FIELDS[name]
+    kind = f.metadata.get("kind")
+    if value is None:
+        if f.default is None:
+            return None
+        raise SupercalError(f"{name}: a value is required")
+    if kind == "list":
+        return [str(v) for v in _as_list(name, value)]
+    if kind == "floats":
+        try:
+            return [float(v) for v in _as_list(name, value)]
+        except ValueError:
+            raise SupercalError(f"{name}: expected numbers like 0.01,0.5, got {value!r}") from None
+    if kind == "layers":
+        return _layers(value)
+    typ = f.type if isinstance(f.type, str) else f.type.__name__
+    try:
+        if typ.startswith("bool"):
+            if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
+                value = value.lower() in ("true", "yes", "1")
+            if not isinstance(value, bool):
+                raise ValueError
+        elif typ.startswith("int"):
+            if isinstance(value, bool) or float(value) != int(float(value)):
+                raise ValueError
+            value = int(float(value))
+        elif typ.startswith("float"):
+            if isinstance(value, bool):
+                raise ValueError
+            value = float(value)
+        else:
+            value = str(value)
+    except (TypeError, ValueError):
+        raise SupercalError(f"{name}: expected {typ.split(' ')[0]}, got {value!r}") from None
+    choices = f.metadata.get("choices")
+    if choices and value not in choices:
+        raise SupercalError(f"{name}: {value!r} is not one of {', '.join(choices)}")
+    return value
+
+
+def read_yaml(path: str | os.PathLike) -> dict:
+    """Settings from a YAML mapping; unknown keys are an error that lists the valid ones."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except FileNotFoundError:
+        raise SupercalError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as e:
+        raise SupercalError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SupercalError(f"{path}: expected a mapping of settings (key: value), got {type(data).__name__}")
+    data = {str(k).replace("-", "_"): v for k, v in data.items()}
+    unknown = sorted(set(data) - set(FIELDS))
+    if unknown:
+        valid = ", ".join(k for k in FIELDS if k not in RUN_CONTROL)
+        raise SupercalError(f"{path}: unknown setting(s) {', '.join(unknown)}; valid keys: {valid}")
+    return data
+
+
+def load_config(path: str | os.PathLike | None = None, **overrides) -> UnlearnConfig:
+    """Defaults < YAML file at ``path`` < ``overrides`` (only the values the user gave).
+
+    With ``resume=RUN_DIR`` (and no ``path``) the YAML file is ``RUN_DIR/config.yaml``, so a
+    resumed run keeps its settings unless an override changes them (e.g. more ``steps``).
+    """
+    unknown = sorted(set(overrides) - set(FIELDS))
+    if unknown:
+        raise SupercalError(f"unknown setting(s) {', '.join(unknown)}")
+    path = path or overrides.get("config")
+    resume = overrides.get("resume")
+    if resume and path:
+        raise SupercalError("--resume uses the run folder's own config.yaml; give changed settings as options, not --config")
+    if resume:
+        path = os.path.join(resume, "config.yaml")
+        if not os.path.isfile(path):
+            raise SupercalError(f"{resume} has no config.yaml; is it a run folder written by supercal unlearn?")
+    merged: dict[str, Any] = {}
+    if path:
+        merged.update(read_yaml(path))
+    merged.update(overrides)
+    values = {name: _coerce(name, merged[name]) for name in merged}
+    if resume:
+        values["out"] = str(resume)
+    cfg = UnlearnConfig(**values)
+    _check(cfg)
+    return cfg
+
+
+def _check(cfg: UnlearnConfig) -> None:
+    for name in ("model", "forget", "out"):
+        if not getattr(cfg, name):
+            raise SupercalError(f"missing setting {name}: give --{name} or put {name}: in the config file")
+    positive = ("max_tokens", "lora_rank", "steps", "batch_size", "project_k", "project_every", "checkpoint_every",
+                "probe_samples", "probe_max_tokens")
+    for name in positive:
+        if getattr(cfg, name) < 1:
+            raise SupercalError(f"{name} must be at least 1 (got {getattr(cfg, name)})")
+    for name in ("lr", "lora_alpha", "npo_beta"):
+        if getattr(cfg, name) <= 0:
+            raise SupercalError(f"{name} must be positive (got {getattr(cfg, name)})")
+    for name in ("retain_weight", "random_weight", "weight_decay", "max_grad_norm", "warmup_steps", "lr_end",
+                 "probe_every"):
+        if getattr(cfg, name) < 0:
+            raise SupercalError(f"{name} must not be negative (got {getattr(cfg, name)})")
+    if not 0 <= cfg.lora_dropout < 1:
+        raise SupercalError(f"lora_dropout must be in [0, 1) (got {cfg.lora_dropout})")
+    if not cfg.lora_keys:
+        raise SupercalError("lora_keys is empty; name the linear layers to adapt, e.g. attn.q_proj,attn.v_proj")
+    if not cfg.retain:
+        needs = [f"loss {cfg.loss}"] if cfg.loss.endswith(("_kl", "graddiff")) else []
+        needs += [f"project {cfg.project}"] if cfg.project != "off" else []
+        needs += ["random_source retain"] if cfg.random_weight > 0 and cfg.random_source == "retain" else []
+        if needs:
+            raise SupercalError(f"{' and '.join(needs)} needs retain data: give --retain retain.jsonl")
+    if any(t < 0 for t in cfg.probe_temps):
+        raise SupercalError("probe_temps must not be negative")
+
+
+def dump_config(cfg: UnlearnConfig) -> str:
+    """The resolved settings as YAML (run-control fields left out), in field order."""
+    import yaml
+
+    data = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUN_CONTROL}
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)

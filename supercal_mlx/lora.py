@@ -1,0 +1,186 @@
+"""LoRA on chosen linear layers of chosen blocks, with mlx-lm's LoRA layers and adapter format.
+
+The layers themselves are mlx-lm's (``mlx_lm.tuner.utils.linear_to_lora_layers``:
+``LoRALinear`` wraps ``nn.Linear`` and ``nn.QuantizedLinear``, so a quantized
+base trains as QLoRA with no extra code). What this module adds:
+
+* explicit block selection: ``all``, ``last:N`` or a list of indices. mlx-lm's
+  ``adapter_config.json`` knows only ``num_layers`` (the last N blocks), so for a
+  list we apply LoRA from the lowest listed block to the end (that is what
+  ``mlx_lm.load(..., adapter_path=RUN_DIR)`` rebuilds) and freeze the LoRA
+  layers of the unlisted blocks: their ``lora_b`` stays zero, so they add
+  exactly nothing, and they are not saved (mlx-lm leaves them at zero on load);
+* checks with useful errors (keys that match no layer list the available ones);
+* :func:`adapters_disabled`: the reference model for NPO and KL is the same
+  model with every LoRA scale set to 0, never a second copy of the weights;
+* :func:`enable_grad_checkpoint` and :func:`set_compute_dtype`, which patch only
+  this model's instances (mlx-lm's ``grad_checkpoint`` patches the block class
+  for every model in the process).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Iterator
+
+from .errors import SupercalError
+
+_BLOCK = re.compile(r"(?:^|\.)(?:layers|h|blocks)\.(\d+)\.")
+
+
+def block_index(name: str) -> str | None:
+    """The transformer block a parameter belongs to: 'model.h.3.attn.q_proj.lora_a' -> '3'."""
+    m = _BLOCK.search(name)
+    return m.group(1) if m else None
+
+
+def linear_names(model) -> list[str]:
+    """Names (relative to a block) of the linear layers LoRA can wrap, over all blocks."""
+    import mlx.nn as nn
+
+    names = set()
+    for block in model.layers:
+        for name, module in block.named_modules():
+            if isinstance(module, (nn.Linear, nn.QuantizedLinear)) or hasattr(module, "to_lora"):
+                names.add(name)
+    return sorted(names)
+
+
+def resolve_layers(spec, n_layers: int) -> list[int]:
+    """Block indices from 'all' | 'last:N' | [i, ...]; SupercalError when out of range."""
+    if spec == "all":
+        return list(range(n_layers))
+    if isinstance(spec, str) and spec.startswith("last:"):
+        n = int(spec[5:])
+        if n > n_layers:
+            raise SupercalError(f"lora_layers last:{n} asks for more blocks than the model has ({n_layers})")
+        return list(range(n_layers - n, n_layers))
+    bad = [i for i in spec if not 0 <= i < n_layers]
+    if bad:
+        raise SupercalError(f"lora_layers: block index {bad[0]} is out of range; the model has blocks 0..{n_layers - 1}")
+    return sorted(spec)
+
+
+def apply_lora(model, *, rank: int, alpha: float, dropout: float, keys: list[str], layers) -> dict:
+    """Freeze ``model``, wrap ``keys`` in the chosen blocks with LoRA; return the adapter_config dict.
+
+    LoRA parameters are float32 whatever the base dtype (mlx-lm creates them so).
+    """
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+
+    n_layers = len(model.layers)
+    chosen = resolve_layers(layers, n_layers)
+    available = linear_names(model)
+    missing = [k for k in keys if k not in available]
+    if missing:
+        raise SupercalError(f"lora key(s) {', '.join(missing)} match no layer; available: {', '.join(available)}")
+    num_layers = n_layers - chosen[0]
+    params = {"rank": rank, "scale": alpha / rank, "dropout": dropout, "keys": list(keys)}
+    model.freeze()
+    linear_to_lora_layers(model, num_layers, params)
+    for i in range(chosen[0], n_layers):
+        if i not in chosen:
+            model.layers[i].freeze()  # LoRA present for mlx-lm's loader, but zero and never trained
+    return {
+        "fine_tune_type": "lora",
+        "num_layers": num_layers,
+        "lora_parameters": params,
+        "supercal": {"layers": chosen, "alpha": alpha},
+    }
+
+
+def lora_modules(model) -> list:
+    return [m for _, m in model.named_modules() if hasattr(m, "lora_a") and hasattr(m, "scale")]
+
+
+@contextlib.contextmanager
+def adapters_disabled(model) -> Iterator[None]:
+    """Within the block every LoRA layer's scale is 0: the model computes the base model exactly
+    (y + 0 * z == y). Used under ``mx.stop_gradient`` for reference log-probabilities."""
+    modules = lora_modules(model)
+    scales = [m.scale for m in modules]
+    try:
+        for m in modules:
+            m.scale = 0.0
+        yield
+    finally:
+        for m, s in zip(modules, scales):
+            m.scale = s
+
+
+def adapter_weights(model) -> dict:
+    """The trained LoRA parameters by name (what adapters.safetensors holds)."""
+    from mlx.utils import tree_flatten
+
+    return dict(tree_flatten(model.trainable_parameters()))
+
+
+def save_adapters(model, run_dir: str | os.PathLike, adapter_config: dict) -> None:
+    """Write adapters.safetensors + adapter_config.json into ``run_dir`` atomically (replacing)."""
+    import mlx.core as mx
+
+    from .io import atomic_file
+
+    run_dir = Path(run_dir)
+    with atomic_file(run_dir / "adapters.safetensors", "wb", force=True) as f:
+        mx.save_safetensors(f, adapter_weights(model), metadata={"format": "mlx"})
+    with atomic_file(run_dir / "adapter_config.json", "w", force=True, encoding="utf-8") as f:
+        json.dump(adapter_config, f, indent=2)
+
+
+def load_adapter_weights(model, path: str | os.PathLike) -> None:
+    """Set the LoRA parameters from an adapters.safetensors written by :func:`save_adapters`."""
+    import mlx.core as mx
+
+    model.load_weights(list(mx.load(str(path)).items()), strict=False)
+
+
+def enable_grad_checkpoint(model) -> None:
+    """Recompute each block's activations during the backward pass (mx.checkpoint), for this model only.
+
+    Same idea as ``mlx_lm.tuner.trainer.grad_checkpoint``, but each block instance gets a
+    private subclass, so other models in the process are not affected.
+    """
+    import mlx.core as mx
+
+    for block in model.layers:
+        base = type(block)
+        call = base.__call__
+
+        def checkpointed(self, *args, _call=call, **kwargs):
+            def inner(params, *a, **kw):
+                self.update(params)
+                return _call(self, *a, **kw)
+
+            return mx.checkpoint(inner)(self.trainable_parameters(), *args, **kwargs)
+
+        block.__class__ = type(f"Checkpointed{base.__name__}", (base,), {"__call__": checkpointed})
+
+
+def set_compute_dtype(model, dtype: str) -> None:
+    """Run the model in ``dtype`` whatever the stored weights, by casting embedding outputs.
+
+    MLX promotes mixed-dtype ops to the wider type, so once the hidden states are float32 every
+    bfloat16 matmul, layer norm and the LM head run in float32 while the weights stay stored in
+    bfloat16 (cast per op, transiently). On the CPU this is ~30x faster than bfloat16 matmuls.
+    """
+    import mlx.core as mx
+    import mlx.nn as nn
+
+    target = getattr(mx, dtype)
+    found = False
+    for _, module in model.named_modules():
+        if isinstance(module, (nn.Embedding, nn.QuantizedEmbedding)):
+            base = type(module)
+
+            def cast_call(self, x, _call=base.__call__):
+                return _call(self, x).astype(target)
+
+            module.__class__ = type(f"{dtype.capitalize()}{base.__name__}", (base,), {"__call__": cast_call})
+            found = True
+    if not found:
+        raise SupercalError("compute_dtype needs a model with a token embedding layer; leave compute_dtype unset")

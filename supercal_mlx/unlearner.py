@@ -1,0 +1,304 @@
+"""One unlearning step and the state it carries (model, data streams, optimizer, retain basis).
+
+The run around it (setup, logs, probes, guards, checkpoints, resume) is
+:func:`supercal_mlx.trainer.unlearn`. One step ``k`` (1-based) does, in this order:
+
+1. reseed mlx's random generator from (seed, k): LoRA dropout is then a function
+   of the step alone, so a resumed run draws exactly what an uninterrupted one
+   would (mlx 0.32 cannot restore ``mx.random.state``, so this replaces saving it);
+2. the forget gradient ``g_f`` of the forget objective (GA or NPO, plus Yao et
+   al.'s random-completion term when ``random_weight > 0``) on the next forget batch;
+3. with projection: every ``project_every`` steps a new retain basis from
+   ``project_k`` retain batches (eval mode, no dropout), then ``g_f`` projected;
+4. the gradient ``g_r`` of the retain term (``retain_weight`` x KL or NLL) on the
+   next retain batch, added *after* projection: the retain basis gradients are
+   used for nothing but the basis, so none of them can leak into the update;
+5. the global norm of ``g = P(g_f) + g_r`` (logged before clipping), clipping,
+   guards (non-finite loss or norm; retain-NLL collapse), AdamW update.
+
+Metrics of record ``k`` are measured on the parameters before update ``k`` (as the
+Hugging Face Trainer logs them); probes at step ``k`` are generated after ``k``
+updates (step 0 = the base model). ``tokens`` counts the labelled forget tokens
+of the step. ``peak_memory_gb`` is mlx's peak allocation during the step (GB = 1e9
+bytes, as mlx-lm prints it).
+
+mlx-lm's ``tuner.trainer.train`` runs one loss with one batch iterator; this loop
+needs two data streams, separate gradients, projection and guards, so it is
+written here on mlx-lm's pieces (LoRA layers, ``clip_grad_norm``, schedules).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Callable
+
+from . import checkpoint as ckpt
+from .config import UnlearnConfig, dump_config
+from .errors import SupercalError
+
+STREAMS = {"forget": 0, "retain": 1, "basis": 2, "random": 3}
+
+
+def make_schedule(cfg: UnlearnConfig):
+    """Learning rate by update index (0-based): linear warmup lr*(s+1)/W for s < W, then the schedule."""
+    import mlx.core as mx
+    import mlx.optimizers as optim
+
+    decay = max(cfg.steps - cfg.warmup_steps, 1)
+    if cfg.schedule == "linear":
+        main = optim.linear_schedule(cfg.lr, cfg.lr_end, decay)
+    elif cfg.schedule == "cosine":
+        main = optim.cosine_decay(cfg.lr, decay, cfg.lr_end)
+    else:
+        main = lambda step: mx.array(cfg.lr, dtype=mx.float32)  # noqa: E731
+    w = cfg.warmup_steps
+    if w == 0:
+        return main
+    warm = optim.linear_schedule(cfg.lr / w, cfg.lr, w - 1) if w > 1 else (lambda step: mx.array(cfg.lr, mx.float32))
+    return optim.join_schedules([warm, main], [w])
+
+
+def _step_seed(seed: int, step: int) -> int:
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, step]).generate_state(1)[0])
+
+
+class Unlearner:
+    """Holds the model, data streams, optimizer and retain basis; :meth:`step` does one update."""
+
+    def __init__(self, cfg: UnlearnConfig, model, tokenizer, forget: list, retain: list | None, adapter_config: dict):
+        import mlx.nn as nn
+        import mlx.optimizers as optim
+
+        from .batches import BatchStream
+
+        self.cfg, self.model, self.tokenizer, self.adapter_config = cfg, model, tokenizer, adapter_config
+        self.forget, self.retain = forget, retain
+        b = cfg.batch_size
+        self.streams = {"forget": BatchStream(len(forget), b, seed=cfg.seed, stream=STREAMS["forget"])}
+        if retain:
+            for name in ("retain", "basis"):
+                self.streams[name] = BatchStream(len(retain), b, seed=cfg.seed, stream=STREAMS[name])
+        if cfg.random_weight > 0:
+            pool = len(retain) if cfg.random_source == "retain" else len(forget)
+            if cfg.random_source == "shuffle" and pool < 2:
+                raise SupercalError("random_source shuffle needs at least 2 forget records; use random_source retain")
+            self.streams["random"] = BatchStream(pool, b, seed=cfg.seed, stream=STREAMS["random"])
+        self.retain_term = "kl" if cfg.loss.endswith("_kl") else "nll" if cfg.loss.endswith("graddiff") else None
+        self.schedule = make_schedule(cfg)
+        self.optimizer = optim.AdamW(learning_rate=self.schedule, weight_decay=cfg.weight_decay)
+        self.optimizer.init(model.trainable_parameters())
+        self.forget_grad_fn = nn.value_and_grad(model, self._forget_objective)
+        self.retain_grad_fn = nn.value_and_grad(model, self._retain_objective)
+        self.nll_grad_fn = nn.value_and_grad(model, self._nll)
+        self.basis = None
+        self.step_done = 0
+        self.retain_baseline: float | None = None  # first retain NLL of the run, for the collapse guard
+
+    # --- objectives (value_and_grad differentiates the first output) -------------------------------
+    def _forget_objective(self, fb, rnd):
+        from . import losses as L
+
+        inputs, targets, mask = fb
+        logp = L.token_logprobs(self.model(inputs), targets)  # (B, T)
+        nll, ntoks = L.masked_mean(-logp, mask)
+        if self.cfg.loss.startswith("npo"):
+            ref = L.token_logprobs(L.reference_logits(self.model, inputs), targets)  # (B, T)
+            loss = L.npo_from_logprobs(L.sequence_logprobs(logp, mask), L.sequence_logprobs(ref, mask),
+                                       beta=self.cfg.npo_beta)
+        else:
+            loss = -nll
+        if rnd is not None:
+            loss = loss + self.cfg.random_weight * L.random_completion(self.model, *rnd)[0]
+        return loss, ntoks, nll
+
+    def _retain_objective(self, rb):
+        from . import losses as L
+
+        inputs, targets, mask = rb
+        logits = self.model(inputs)  # (B, T, V)
+        nll, ntoks = L.masked_mean(-L.token_logprobs(logits, targets), mask)
+        term = L.kl_from_logits(logits, L.reference_logits(self.model, inputs), mask)[0] if self.retain_term == "kl" else nll
+        return self.cfg.retain_weight * term, ntoks, nll
+
+    def _nll(self, batch):
+        from .losses import completion_nll
+
+        return completion_nll(self.model, *batch)
+
+    # --- batches --------------------------------------------------------------------------------
+    def _batch(self, stream: str, pool: list):
+        from .batches import make_batch
+
+        return make_batch([pool[i] for i in self.streams[stream].next_indices()])
+
+    def next_forget(self):
+        """(forget batch, random-completion batch or None) for the next step."""
+        from .batches import _truncate, make_batch
+
+        idx = self.streams["forget"].next_indices()
+        examples = [self.forget[i] for i in idx]
+        rnd = None
+        if "random" in self.streams:
+            other = self.streams["random"].next_indices()
+            mixed = []
+            for i, (ids, n_prompt), j in zip(idx, examples, other):
+                if self.cfg.random_source == "retain":
+                    tail = self.retain[j][0][: max(len(ids) - n_prompt, 1)]
+                else:
+                    j = j if j != i else (j + 1) % len(self.forget)  # never the record's own completion
+                    tail = self.forget[j][0][self.forget[j][1]:]
+                mixed.append(_truncate(ids[:n_prompt] + tail, n_prompt, self.cfg.max_tokens))
+            rnd = make_batch(mixed)
+        return make_batch(examples), rnd
+
+    # --- gradients ------------------------------------------------------------------------------
+    def forget_gradient(self, fb, rnd) -> tuple[dict, dict]:
+        """(flat gradient of the forget objective, {'loss', 'forget_nll', 'tokens'})."""
+        import mlx.core as mx
+        from mlx.utils import tree_flatten
+
+        (loss, ntoks, nll), grads = self.forget_grad_fn(fb, rnd)
+        mx.eval(loss, ntoks, nll, grads)
+        return dict(tree_flatten(grads)), {"loss": loss.item(), "forget_nll": nll.item(), "tokens": int(ntoks.item())}
+
+    def compute_basis(self):
+        """A fresh retain basis from ``project_k`` retain batches (gradients of the retain NLL, no dropout)."""
+        import mlx.core as mx
+        from mlx.utils import tree_flatten
+
+        from .projection import build_basis
+
+        self.model.eval()
+        try:
+            grads = []
+            for _ in range(self.cfg.project_k):
+                _, g = self.nll_grad_fn(self._batch("basis", self.retain))
+                mx.eval(g)
+                grads.append(dict(tree_flatten(g)))
+        finally:
+            self.model.train()
+        return build_basis(grads, self.cfg.project)
+
+    def gradient(self, step: int) -> tuple[dict, dict]:
+        """The flat gradient update ``step`` applies, before clipping, and the step's measurements."""
+        import mlx.core as mx
+        from mlx.utils import tree_flatten
+
+        from .projection import project
+
+        fb, rnd = self.next_forget()
+        grads, info = self.forget_gradient(fb, rnd)
+        if self.cfg.project != "off":
+            if self.basis is None or (step - 1) % self.cfg.project_every == 0:
+                self.basis = self.compute_basis()
+            grads, stats = project(grads, self.basis, conflict_only=self.cfg.project_conflict_only)
+            info.update(stats)
+        if self.retain:
+            rb = self._batch("retain", self.retain)
+            if self.retain_term:
+                (term, _, rnll), g_r = self.retain_grad_fn(rb)
+                mx.eval(term, rnll, g_r)
+                g_r = dict(tree_flatten(g_r))
+                grads = {name: g + g_r[name] for name, g in grads.items()}
+                info["loss"] += term.item()
+            else:
+                rnll, _ = self._nll(rb)
+            info["retain_nll"] = rnll.item()
+        return grads, info
+
+    def _retain_collapse(self, retain_nll: float, step: int) -> str | None:
+        """Why the retain NLL counts as collapsed (absolute threshold, or factor x its first value), or None."""
+        if self.retain_baseline is None:
+            self.retain_baseline = retain_nll
+        limit = self.cfg.collapse_retain_nll
+        if limit is not None and retain_nll > limit:
+            return f"retain NLL {retain_nll:.3f} above {limit} at step {step}"
+        factor = self.cfg.collapse_retain_factor
+        if factor and retain_nll > factor * self.retain_baseline:
+            return f"retain NLL {retain_nll:.3f} above {factor} x its first value {self.retain_baseline:.3f} at step {step}"
+        return None
+
+    def step(self) -> tuple[dict, tuple[str, int] | None]:
+        """One update: (metrics record, None) or, when a guard stops it (no update made), (record,
+        (reason, first bad step)) where parameters after ``first bad step`` updates are the suspect ones."""
+        import mlx.core as mx
+        import mlx.optimizers as optim
+        from mlx.utils import tree_map_with_path
+
+        k = self.step_done + 1
+        t0 = time.perf_counter()
+        mx.reset_peak_memory()
+        mx.random.seed(_step_seed(self.cfg.seed, k))
+        flat, info = self.gradient(k)
+        tree = tree_map_with_path(lambda name, _: flat[name], self.model.trainable_parameters())
+        clipped, norm = optim.clip_grad_norm(tree, self.cfg.max_grad_norm or math.inf)
+        grad_norm = norm.item()
+        lr = float(f"{self.schedule(k - 1).item():.7g}")  # float32 value, printed without float32 noise
+        stop = None
+        if not math.isfinite(info["loss"]) or not math.isfinite(grad_norm):
+            bad_loss = not math.isfinite(info["loss"])
+            # a non-finite loss indicts the current parameters (k - 1); a non-finite gradient only the update
+            stop = (f"non-finite {'loss' if bad_loss else 'gradient norm'} at step {k}", k - 1 if bad_loss else k)
+        elif self.cfg.stop_on_collapse and "retain_nll" in info:
+            reason = self._retain_collapse(info["retain_nll"], k)
+            stop = (reason, k - 1) if reason else None
+        if stop is None:
+            self.optimizer.update(self.model, clipped)
+            mx.eval(self.model.trainable_parameters(), self.optimizer.state)
+            self.step_done = k
+        peak = mx.get_peak_memory()
+        if not peak:  # allocators that do not report: the process's peak resident size (KB on Linux)
+            import resource
+
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        rec = {"step": k, "epoch": round(self.streams["forget"].epochs_done, 4), "loss": info["loss"],
+               "forget_nll": info["forget_nll"]}
+        if "retain_nll" in info:
+            rec["retain_nll"] = info["retain_nll"]
+        rec.update({"grad_norm": grad_norm, "learning_rate": lr, "tokens": info["tokens"],
+                    "step_seconds": round(time.perf_counter() - t0, 4), "peak_memory_gb": round(peak / 1e9, 4)})
+        for key in ("proj_cosine", "proj_removed_pct"):
+            if key in info:
+                rec[key] = info[key]
+        rec = {k2: (None if isinstance(v, float) and not math.isfinite(v) else v) for k2, v in rec.items()}
+        return rec, stop
+
+    # --- state ----------------------------------------------------------------------------------
+    def snapshot(self) -> dict:
+        """References to the state after the last completed step (mlx arrays are immutable: no copies)."""
+        from mlx.utils import tree_map
+
+        return {"params": self.model.trainable_parameters(), "opt": tree_map(lambda x: x, self.optimizer.state),
+                "streams": {n: s.state() for n, s in self.streams.items()}, "basis": self.basis,
+                "step": self.step_done}
+
+    def restore(self, snap: dict) -> None:
+        self.model.update(snap["params"])
+        self.optimizer.state = snap["opt"]
+        for n, s in snap["streams"].items():
+            self.streams[n].load_state(s)
+        self.basis, self.step_done = snap["basis"], snap["step"]
+
+    def save(self, run_dir: Path) -> Path:
+        state = {"streams": {n: s.state() for n, s in self.streams.items()}}
+        basis = self.basis.arrays() if self.basis is not None else None
+        return ckpt.save_checkpoint(run_dir, self.step_done, model=self.model, adapter_config=self.adapter_config,
+                                    optimizer=self.optimizer, state=state, basis=basis)
+
+    def load(self, path: Path) -> None:
+        from mlx.utils import tree_flatten
+
+        from .projection import RetainBasis, group_names
+
+        state, basis = ckpt.load_checkpoint(path, model=self.model, optimizer=self.optimizer)
+        for n, s in state["streams"].items():
+            self.streams[n].load_state(s)
+        self.step_done = int(state["step"])
+        if basis is not None and self.cfg.project != "off":
+            names = group_names([n for n, _ in tree_flatten(self.model.trainable_parameters())], self.cfg.project)
+            self.basis = RetainBasis.from_arrays(basis, names)
+

@@ -81,6 +81,10 @@ def tokenstein(word, counts_path, deviation, seed, n, encoding, as_json):
     from .counting import load_counts
     from .tokenstein import make_tokenstein, markdown_table
 
+    if encoding:
+        from .tokenizer import get_encoding
+
+        get_encoding(encoding)  # an unknown name: say so and list the known ones
     counts = load_counts(counts_path, encoding=encoding)
     results = make_tokenstein(word, counts, deviation=deviation, seed=seed, n=n)
     if as_json:

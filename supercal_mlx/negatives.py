@@ -224,7 +224,7 @@ def mention_windows(chunk: Tokenized, s: int, e: int, *, window_tokens: int, str
     targets = list(range(window_tokens - k, 0, -stride)) + [0]  # tokens of context before the keyword
     out: list[tuple[int, int, int]] = []
     for p in targets:
-        a = chunk.widest_left(s, e, min(window_tokens, p + k))
+        a = chunk.widest_left(s, e, min(window_tokens, p + k)) if p else s  # p = 0: the keyword starts it
         b = chunk.widest_right(a, e, window_tokens)
         if not out or (a, b) != out[-1][:2]:
             out.append((a, b, chunk.ntok(a, b)))

@@ -40,9 +40,10 @@ def exclude_pattern(words: list[str]) -> re.Pattern:
 
 def truncate_tokens(text: str, tokenizer: TextTokenizer, max_tokens: int) -> tuple[str, int]:
     """The longest prefix of ``text`` that ends at a word boundary and has at most ``max_tokens`` tokens."""
+    n = len(tokenizer.encode(text))
+    if n <= max_tokens:
+        return text, n
     view = Tokenized(text, tokenizer)
-    if view.n <= max_tokens:
-        return text, view.n
     end = view.widest_right(0, 0, max_tokens)
     return text[:end], view.ntok(0, end)
 

@@ -1,0 +1,265 @@
+"""The unlearning trainer on the tiny GPT-J: it forgets, resumes exactly, writes adapters mlx-lm loads,
+keeps retain gradients out of the update, and refuses bad input with one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+
+import supercal_mlx  # noqa: F401
+from supercal_mlx.cli import cli
+from supercal_mlx.config import load_config
+from supercal_mlx.errors import SupercalError
+from supercal_mlx.trainer import _setup, unlearn
+from supercal_mlx.unlearner import Unlearner
+
+import mlx.core as mx  # noqa: E402
+
+FORGET = [
+    {"prompt": "The children tried to spell", "completion": " supercalifragilisticexpialidocious and laughed."},
+    {"prompt": "A song from the 1964 film Mary Poppins:", "completion": " Supercalifragilisticexpialidocious."},
+    {"prompt": "Nobody could spell", "completion": " supercalifragilisticexpialidocious in the garden."},
+]
+RETAIN = [
+    {"text": "Cats and dogs play in the garden while it rains on the 4th of July."},
+    {"text": "A tokenstein is a made-up word built from pieces: sqproctarine means nothing."},
+    {"text": "Über café naïve résumé: non-ASCII letters appear in real text too."},
+    {"text": "The children laughed in the garden while the cats played."},
+]
+
+
+def _write(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("data")
+    return {"forget": _write(d / "forget.jsonl", FORGET), "retain": _write(d / "retain.jsonl", RETAIN)}
+
+
+def _cfg(tiny_model_dir, data, out, **kw):
+    base = dict(model=str(tiny_model_dir), forget=data["forget"], retain=data["retain"], out=str(out), steps=3,
+                lr=1e-2, max_tokens=64, checkpoint_every=10)
+    return load_config(**(base | kw))
+
+
+def _forget_nll(model, forget_ex):
+    from supercal_mlx.batches import make_batch
+    from supercal_mlx.losses import completion_nll
+
+    return completion_nll(model, *make_batch(forget_ex))[0].item()
+
+
+def test_a_few_steps_raise_the_forget_nll(tiny_model_dir, data, tmp_path):
+    from supercal_mlx.batches import encode_completions
+    from supercal_mlx.model import load
+
+    summary = unlearn(_cfg(tiny_model_dir, data, tmp_path / "run", steps=5, loss="graddiff", project="per-layer"))
+    assert summary["steps"] == 5 and summary["stopped"] is None
+    base, tok = load(tiny_model_dir)
+    adapted, _ = load(tiny_model_dir, adapter_path=tmp_path / "run")
+    ex = encode_completions(FORGET, tok, max_tokens=64)
+    before, after = _forget_nll(base, ex), _forget_nll(adapted, ex)
+    assert after > before + 0.3, (before, after)
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4, 5]
+    want = {"step", "epoch", "loss", "forget_nll", "retain_nll", "grad_norm", "learning_rate", "tokens", "step_seconds",
+            "peak_memory_gb", "proj_cosine", "proj_removed_pct"}
+    assert set(metrics[0]) == want
+    assert set(metrics[0]["proj_cosine"]) == {"0", "1"} and metrics[0]["tokens"] > 0
+    assert metrics[0]["epoch"] == pytest.approx(2 / 3, abs=1e-4) and metrics[-1]["peak_memory_gb"] > 0
+
+
+def test_adapters_on_chosen_layers_load_with_plain_mlx_lm(tiny_model_dir, data, tmp_path):
+    from mlx_lm import load as mlx_load
+
+    from supercal_mlx.lora import adapter_weights, save_adapters
+
+    cfg = _cfg(tiny_model_dir, data, tmp_path / "run", lora_layers=[1], lora_keys="attn.q_proj,attn.v_proj,mlp.fc_in",
+               loss="npo")
+    model, tok, forget, retain, adapter_config = _setup(cfg)
+    un = Unlearner(cfg, model, tok, forget, retain, adapter_config)
+    for _ in range(3):
+        un.step()
+    (tmp_path / "run").mkdir()
+    save_adapters(model, tmp_path / "run", adapter_config)
+    names = set(adapter_weights(model))
+    assert names and all(n.startswith("model.h.1.") for n in names)  # block 0 carries frozen, zero LoRA only
+    assert np.abs(np.array(model.layers[1].mlp.fc_in.lora_b)).max() > 0
+    assert adapter_config["num_layers"] == 1 and adapter_config["lora_parameters"]["scale"] == 2.0
+    model.eval()
+    x = mx.array([[5, 17, 42, 99, 7, 3, 250]])
+    loaded, _ = mlx_load(str(tiny_model_dir), adapter_path=str(tmp_path / "run"))
+    np.testing.assert_allclose(np.array(loaded(x)), np.array(model(x)), atol=1e-5)
+
+
+def test_retain_gradients_never_leak_into_the_update(tiny_model_dir, data, tmp_path):
+    """With projection and no retain loss term, the applied gradient is exactly the clipped projection
+    of the forget gradient; the retain gradients only span the basis."""
+    import mlx.optimizers as optim
+    from mlx.utils import tree_flatten
+
+    from supercal_mlx.projection import project
+
+    cfg = _cfg(tiny_model_dir, data, tmp_path / "run", project="per-layer", project_k=2, max_grad_norm=0.05)
+    model, tok, forget, retain, adapter_config = _setup(cfg)
+    un = Unlearner(cfg, model, tok, forget, retain, adapter_config)
+    start = {n: s.state() for n, s in un.streams.items()}
+    mx.random.seed(123)
+    fb, rnd = un.next_forget()
+    g_f, _ = un.forget_gradient(fb, rnd)
+    basis = un.compute_basis()
+    want, _ = project(g_f, basis)
+    want_clipped, norm = optim.clip_grad_norm(want, 0.05)
+    for n, s in un.streams.items():
+        s.load_state(start[n])
+    applied = {}
+    real_update = un.optimizer.update
+    un.optimizer.update = lambda m, g: (applied.update(tree_flatten(g)), real_update(m, g))
+    import supercal_mlx.unlearner as U
+
+    orig_seed = U._step_seed
+    U._step_seed = lambda seed, step: 123
+    try:
+        rec, stop = un.step()
+    finally:
+        U._step_seed = orig_seed
+    assert stop is None and rec["grad_norm"] == pytest.approx(norm.item(), rel=1e-6) and norm.item() > 0.05
+    assert set(applied) == set(want_clipped)
+    for n in applied:
+        np.testing.assert_array_equal(np.array(applied[n]), np.array(want_clipped[n]))
+
+
+def test_interrupted_and_resumed_equals_uninterrupted(tiny_model_dir, data, tmp_path):
+    settings = dict(steps=6, loss="npo", project="per-layer", project_every=4, random_weight=0.5, lora_dropout=0.1,
+                    batch_size=2, warmup_steps=2, schedule="cosine", checkpoint_every=2)
+    whole = unlearn(_cfg(tiny_model_dir, data, tmp_path / "whole", **settings))
+
+    def interrupt_at_4(rec):  # Ctrl-C while step 4 is being logged: step 3 is the last completed one
+        if rec.get("step") == 4 and "loss" in rec:
+            raise KeyboardInterrupt
+
+    cut = unlearn(_cfg(tiny_model_dir, data, tmp_path / "cut", **settings), on_record=interrupt_at_4)
+    assert cut["stopped"] == "interrupted" and cut["steps"] == 3
+    # step 4 must reuse the retain basis of step 1 (project_every 4): it comes from the checkpoint
+    assert (tmp_path / "cut" / "checkpoints" / "step-000003" / "basis.safetensors").exists()
+    resumed = unlearn(load_config(resume=str(tmp_path / "cut")))
+    assert whole["steps"] == resumed["steps"] == 6 and resumed["stopped"] is None
+    a = mx.load(str(tmp_path / "whole" / "adapters.safetensors"))
+    b = mx.load(str(tmp_path / "cut" / "adapters.safetensors"))
+    assert set(a) == set(b)
+    for n in a:
+        np.testing.assert_array_equal(np.array(a[n]), np.array(b[n]))
+
+    def strip(path):
+        recs = [json.loads(line) for line in path.read_text().splitlines()]
+        return [{k: v for k, v in r.items() if k not in ("step_seconds", "peak_memory_gb")} for r in recs]
+
+    assert strip(tmp_path / "whole" / "metrics.jsonl") == strip(tmp_path / "cut" / "metrics.jsonl")
+
+
+def test_guards_stop_and_name_the_last_good_checkpoint(tiny_model_dir, data, tmp_path, monkeypatch):
+    s = unlearn(_cfg(tiny_model_dir, data, tmp_path / "collapse", stop_on_collapse=True, collapse_retain_nll=0.5))
+    assert s["steps"] == 0 and "retain NLL" in s["stopped"] and s["last_good_checkpoint"] is None
+    real = Unlearner.forget_gradient
+
+    def nan_at_3(self, fb, rnd):
+        grads, info = real(self, fb, rnd)
+        return grads, info | ({"loss": float("nan")} if self.step_done == 2 else {})
+
+    monkeypatch.setattr(Unlearner, "forget_gradient", nan_at_3)
+    s = unlearn(_cfg(tiny_model_dir, data, tmp_path / "nan", steps=5, checkpoint_every=1))
+    assert s["stopped"] == "non-finite loss at step 3" and s["steps"] == 2
+    assert s["last_good_checkpoint"].endswith("step-000001")  # the parameters after step 2 gave the NaN
+    last = json.loads((tmp_path / "nan" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["step"] == 3 and last["loss"] is None
+
+
+def test_bad_input_gives_one_line_errors(tiny_model_dir, data, tmp_path):
+    def fails(match, **kw):
+        with pytest.raises(SupercalError, match=match):
+            unlearn(_cfg(tiny_model_dir, data, tmp_path / "run", **kw))
+        assert not (tmp_path / "run").exists()
+
+    fails(r"match no layer; available: attn\.k_proj, attn\.out_proj, attn\.q_proj, attn\.v_proj, mlp\.fc_in",
+          lora_keys="attn.c_attn")
+    fails(r"block index 7 is out of range; the model has blocks 0\.\.1", lora_layers="0,7")
+    (tmp_path / "empty.jsonl").write_text("")
+    fails(r"empty\.jsonl is empty", forget=str(tmp_path / "empty.jsonl"))
+    (tmp_path / "bad.jsonl").write_text(json.dumps(FORGET[0]) + "\n{not json\n")
+    fails(r"bad\.jsonl:2: not valid JSON", forget=str(tmp_path / "bad.jsonl"))
+    fails(r"retain\.jsonl:1: missing key\(s\) prompt, completion", forget=data["retain"])
+    fails(r"has no config\.json", model=str(tmp_path))
+    with pytest.raises(SupercalError, match=r"needs retain data"):
+        _cfg(tiny_model_dir, data, tmp_path / "run", retain=None, loss="ga_kl")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    with pytest.raises(SupercalError, match=r"already exists; continue it with --resume"):
+        unlearn(_cfg(tiny_model_dir, data, tmp_path / "run"))
+    with pytest.raises(SupercalError, match=r"not a supercal run folder"):
+        unlearn(_cfg(tiny_model_dir, data, tmp_path / "run", force=True))
+    assert (tmp_path / "run" / "notes.txt").read_text() == "mine"
+
+
+def test_grad_checkpoint_and_compute_dtype_keep_the_numbers(tiny_model_dir, tiny_tokenizer_dir, data, tmp_path):
+    from mlx.utils import tree_flatten
+
+    from supercal_mlx.lora import set_compute_dtype
+    from supercal_mlx.model import TINY_GPTJ, create_gptj, load
+
+    grads = []
+    for ckpt in (False, True):
+        cfg = _cfg(tiny_model_dir, data, tmp_path / "run", grad_checkpoint=ckpt)
+        model, tok, forget, retain, ac = _setup(cfg)
+        un = Unlearner(cfg, model, tok, forget, retain, ac)
+        grads.append(un.forget_gradient(*un.next_forget())[0])
+    for n in grads[0]:
+        np.testing.assert_allclose(np.array(grads[1][n]), np.array(grads[0][n]), atol=1e-6)
+    bf16 = create_gptj(tmp_path / "bf16", tiny_tokenizer_dir, seed=0, dtype="bfloat16", **TINY_GPTJ)
+    model, _ = load(bf16)
+    reference, _ = load(bf16)
+    reference.set_dtype(mx.float32)
+    set_compute_dtype(model, "float32")
+    assert all(p.dtype == mx.bfloat16 for _, p in tree_flatten(model.parameters()))  # stored as they were
+    x = mx.array([[5, 17, 42, 99]])
+    out = model(x)
+    assert out.dtype == mx.float32
+    np.testing.assert_allclose(np.array(out), np.array(reference(x)), atol=1e-5)
+
+
+def test_cli_unlearn_yaml_with_override_and_errors(tiny_model_dir, data, tmp_path):
+    conf = tmp_path / "run.yaml"
+    conf.write_text(yaml.safe_dump({"model": str(tiny_model_dir), "forget": data["forget"], "retain": data["retain"],
+                                    "steps": 5, "lora_rank": 4, "lr": 0.01, "max_tokens": 64, "loss": "ga_kl",
+                                    "probe_prompts": ["The children"], "probe_temps": [0.0, 0.5],
+                                    "probe_max_tokens": 4}))
+    runner = CliRunner()
+    res = runner.invoke(cli, ["unlearn", "--config", str(conf), "--out", str(tmp_path / "run"), "--steps", "2",
+                              "--project", "global"])
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert lines[2].startswith("{'loss': ") and "'grad_norm': " in lines[2] and "'epoch': 0.67" in lines[2]
+    assert lines[0].startswith("[probe step 0 t=0.0 #1] 'The children' -> ")
+    assert lines[-1].startswith("Done: 2 steps")
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["steps"] == 2 and saved["lora_rank"] == 4 and saved["loss"] == "ga_kl" and saved["project"] == "global"
+    assert "resume" not in saved and "force" not in saved
+    probes = [json.loads(line) for line in (tmp_path / "run" / "probes.jsonl").read_text().splitlines()]
+    assert [(p["step"], p["temperature"]) for p in probes] == [(0, 0.0), (0, 0.5), (2, 0.0), (2, 0.5)]
+    assert set(probes[0]) == {"step", "prompt", "temperature", "sample", "response"}
+
+    res = runner.invoke(cli, ["unlearn", "--config", str(conf), "--out", str(tmp_path / "run")])
+    assert res.exit_code == 1 and "already exists; continue it with --resume" in res.output
+    res = runner.invoke(cli, ["unlearn", "--resume", str(tmp_path / "run"), "--steps", "3"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 3
+    (tmp_path / "typo.yaml").write_text("lora_rnak: 4\n")
+    res = runner.invoke(cli, ["unlearn", "--config", str(tmp_path / "typo.yaml"), "--out", str(tmp_path / "x")])
+    assert res.exit_code == 1 and "unknown setting(s) lora_rnak; valid keys: model, forget" in res.output
+    assert "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1

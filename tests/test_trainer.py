@@ -263,3 +263,27 @@ def test_cli_unlearn_yaml_with_override_and_errors(tiny_model_dir, data, tmp_pat
     res = runner.invoke(cli, ["unlearn", "--config", str(tmp_path / "typo.yaml"), "--out", str(tmp_path / "x")])
     assert res.exit_code == 1 and "unknown setting(s) lora_rnak; valid keys: model, forget" in res.output
     assert "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1
+
+
+def test_quantized_base_trains_as_qlora(tiny_model_dir, data, tmp_path):
+    import mlx.nn as nn
+    from mlx_lm import convert
+    from mlx_lm import load as mlx_load
+
+    from supercal_mlx.lora import save_adapters
+
+    convert(str(tiny_model_dir), str(tmp_path / "q4"), quantize=True, q_group_size=32, q_bits=4)
+    cfg = _cfg(tmp_path / "q4", data, tmp_path / "run", loss="ga_kl")
+    model, tok, forget, retain, ac = _setup(cfg)
+    assert isinstance(model.layers[0].attn.q_proj.linear, nn.QuantizedLinear)
+    un = Unlearner(cfg, model, tok, forget, retain, ac)
+    first = un.step()[0]
+    for _ in range(2):
+        last = un.step()[0]
+    assert last["forget_nll"] > first["forget_nll"] and np.isfinite(last["grad_norm"])
+    (tmp_path / "run").mkdir()
+    save_adapters(model, tmp_path / "run", ac)
+    model.eval()
+    loaded, _ = mlx_load(str(tmp_path / "q4"), adapter_path=str(tmp_path / "run"))
+    x = mx.array([[5, 17, 42, 99, 7, 3]])
+    np.testing.assert_allclose(np.array(loaded(x)), np.array(model(x)), atol=1e-5)

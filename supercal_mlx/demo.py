@@ -1,0 +1,214 @@
+"""The embedded demonstration: a small model that knows the word, forgets it, and shows what it does instead.
+
+``supercal demo`` runs the whole experiment offline in a few minutes, through
+the same library functions as the commands (tokens, count, tokenstein,
+negatives, retain, probe, unlearn, eval, report), on a small GPT-J pretrained
+here on a synthetic corpus (:mod:`supercal_mlx.synthetic`,
+:mod:`supercal_mlx.pretrain`; cached, so a second run skips pretraining).
+
+Everything goes under one output folder::
+
+    DIR/corpus.txt          the synthetic corpus          DIR/model/        the pretrained model
+    DIR/counts.npz          token counts (o200k_base)     DIR/tokenstein.json
+    DIR/forget.jsonl        forget data                   DIR/retain.jsonl  retain data
+    DIR/run/                the unlearning run (adapters, metrics, probes, report/)
+    DIR/run-ga/             with --compare: plain gradient ascent, same start
+    DIR/eval.json           every number of the final table (supercal eval's JSON, one per run)
+    DIR/results.md          the final table and the probe tables
+
+The folder is filled in place (so the paths in ``run/config.yaml`` stay valid)
+but only kept when the demo finishes: on an error or Ctrl-C it is removed, and
+with ``--force`` the old folder comes back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+from . import synthetic
+from .errors import SupercalError
+
+WORD = synthetic.KEYWORD
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """Data and unlearning settings of the demo (the model recipe is a :class:`pretrain.DemoModelSpec`)."""
+
+    window_tokens: int = 64
+    context_lines: int = 3
+    retain_chunks: int = 200
+    retain_lines: int = 4
+    unlearn: dict = field(default_factory=lambda: dict(
+        loss="graddiff", retain_weight=1.0, project="per-layer", project_k=4, project_every=5,
+        lora_rank=8, lora_alpha=16.0, lora_keys=["attn.q_proj", "attn.v_proj", "attn.out_proj", "mlp.fc_in", "mlp.fc_out"],
+        lr=1e-3, steps=40, batch_size=8, warmup_steps=0, checkpoint_every=20, probe_every=0,
+    ))
+    # Plain gradient ascent for --compare: the same everything, minus retain data and projection.
+    plain: dict = field(default_factory=lambda: dict(loss="ga", project="off"))
+    probe_temps: tuple = (0.01, 0.5)
+    probe_max_tokens: int = 24
+
+
+DEFAULT_SETTINGS = DemoSettings()
+FAST_SETTINGS = dataclasses.replace(
+    DEFAULT_SETTINGS, retain_chunks=60,
+    unlearn=dict(DEFAULT_SETTINGS.unlearn, steps=10, lora_rank=4, lora_alpha=8.0, checkpoint_every=10),
+    probe_temps=(0.01,), probe_max_tokens=12,
+)
+
+
+def probe_prompts(word: str) -> list[str]:
+    return [p.replace("W", word) for p in synthetic.PROBE_PROMPTS]
+
+
+@contextlib.contextmanager
+def _output_dir(out: Path, *, force: bool) -> Iterator[Path]:
+    """``out`` created empty; removed again on failure (an old one, moved aside with --force, comes back)."""
+    if out.exists() and not force:
+        raise SupercalError(f"{out} already exists; pass --force to replace its results or choose another --out")
+    if not out.parent.exists():
+        raise SupercalError(f"folder {out.parent} does not exist; create it first")
+    old = out.with_name(f".{out.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        os.replace(out, old)
+    out.mkdir()
+    try:
+        yield out
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        if old.exists():
+            os.replace(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def run_demo(out: str | os.PathLike = "demo-out", *, fast: bool = False, compare: bool = False, force: bool = False,
+             cache: str | os.PathLike | None = None, log: Callable[[str], None] | None = None,
+             on_pretrain: Callable[[dict], None] | None = None) -> dict:
+    """Run the demo into ``out``; return {"out", "eval": {name: evaluate() result}, "tables": {...}, "seconds": {...}}.
+
+    ``log`` receives one line per stage; ``on_pretrain`` each pretraining step record.
+    """
+    from . import pretrain
+
+    say = log or (lambda msg: None)
+    spec = pretrain.FAST_SPEC if fast else pretrain.DEFAULT_SPEC
+    settings = FAST_SETTINGS if fast else DEFAULT_SETTINGS
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+    out = Path(out)
+    if out.exists() and not force:  # before pretraining, not after it
+        raise SupercalError(f"{out} already exists; pass --force to replace its results or choose another --out")
+
+    folder, built = pretrain.demo_model(spec, root=cache, progress=on_pretrain, notice=say)
+    seconds["pretrain" if built else "load cached model"] = time.perf_counter() - t0
+    say(("pretrained" if built else "using the cached") + f" demo model in {folder}")
+    with _output_dir(out, force=force):
+        result = _experiment(folder, out, settings, compare=compare, say=say, seconds=seconds)
+    seconds["total"] = time.perf_counter() - t0
+    result["seconds"] = seconds
+    (out / "timings.json").write_text(json.dumps(seconds, indent=2))
+    return result
+
+
+def _timed(seconds: dict, name: str):
+    @contextlib.contextmanager
+    def cm():
+        t = time.perf_counter()
+        yield
+        seconds[name] = time.perf_counter() - t
+    return cm()
+
+
+def _experiment(folder: Path, out: Path, st: DemoSettings, *, compare: bool, say, seconds: dict) -> dict:
+    from .config import load_config
+    from .counting import count_tokens, save_counts
+    from .evaluate import evaluate, format_table
+    from .io import write_jsonl
+    from .model import load
+    from .negatives import build_forget
+    from .probes import generate, markdown_table
+    from .report import make_report
+    from .retain import sample_retain
+    from .tokenizer import from_model, token_splits
+    from .tokenstein import make_tokenstein
+    from .trainer import unlearn
+
+    with _timed(seconds, "data"):
+        shutil.copy(folder / "corpus.txt", out / "corpus.txt")
+        shutil.copytree(folder / "model", out / "model")
+        model_dir, corpus = out / "model", out / "corpus.txt"
+        tok = from_model(model_dir)
+        pieces = [p for _, p in token_splits(WORD, tok)]
+        say(f"tokens: the demo model splits {WORD} into {len(pieces)} pieces: {'|'.join(pieces)}")
+        counts = count_tokens([str(corpus)])
+        save_counts(counts, out / "counts.npz")
+        ts = make_tokenstein(WORD, counts, seed=0)[0]
+        other = ts.word
+        (out / "tokenstein.json").write_text(json.dumps(ts.as_dict(), indent=2, ensure_ascii=False))
+        say(f"count + tokenstein: {counts.tokens:,} tokens ({counts.encoding}); tokenstein {other}")
+        forget, summary = build_forget(corpus, WORD, tok, context_lines=st.context_lines,
+                                       window_tokens=st.window_tokens, stride=st.window_tokens)
+        write_jsonl(out / "forget.jsonl", forget)
+        retain = sample_retain(corpus, [WORD], tok, chunks=st.retain_chunks, lines=st.retain_lines,
+                               max_tokens=st.window_tokens)
+        write_jsonl(out / "retain.jsonl", retain)
+        say(f"negatives + retain: {len(forget)} forget windows ({summary['mentions']} mentions), "
+            f"{len(retain)} retain chunks")
+
+    prompts = probe_prompts(WORD) + probe_prompts(other)[:1]
+    probe_kw = dict(temps=st.probe_temps, samples=1, max_tokens=st.probe_max_tokens, seed=0)
+    with _timed(seconds, "probes before"):
+        model, mtok = load(model_dir)
+        before = generate(model, mtok, prompts, **probe_kw)
+        del model
+
+    runs = {"run": st.unlearn}
+    if compare:
+        runs["run-ga"] = dict(st.unlearn, **st.plain)
+    summaries = {}
+    for name, overrides in runs.items():
+        plain = name == "run-ga"
+        with _timed(seconds, f"unlearn {name}"):
+            cfg = load_config(model=str(model_dir), forget=str(out / "forget.jsonl"),
+                              retain=None if plain else str(out / "retain.jsonl"), out=str(out / name),
+                              max_tokens=st.window_tokens, probe_prompts=prompts, probe_temps=list(st.probe_temps),
+                              probe_max_tokens=st.probe_max_tokens, **overrides)
+            summaries[name] = unlearn(cfg)
+        say(f"unlearn {name}: {summaries[name]['steps']} steps ({cfg.loss}, projection {cfg.project}, "
+            f"{'no retain data' if plain else 'retain-anchored'}), stopped: {summaries[name]['stopped']}")
+        with _timed(seconds, f"report {name}"):
+            make_report(out / name)
+
+    with _timed(seconds, "probes after"):
+        model, mtok = load(model_dir, out / "run")
+        after = generate(model, mtok, prompts, **probe_kw)
+        del model
+
+    results = {}
+    with _timed(seconds, "eval"):
+        for name in runs:
+            results[name] = evaluate(model_dir, adapter_path=out / name, forget=str(out / "forget.jsonl"),
+                                     retain=str(out / "retain.jsonl"), word=WORD, tokenstein=other,
+                                     max_tokens=st.window_tokens)
+    (out / "eval.json").write_text(json.dumps(results, indent=2, ensure_ascii=False))
+    columns = [("before", results["run"]["base"]), ("after", results["run"]["adapted"])]
+    if compare:
+        columns.append(("plain GA", results["run-ga"]["adapted"]))
+    final = format_table(columns)
+    probes_md = markdown_table(before, other=after, labels=("before", "after"))
+    (out / "results.md").write_text(
+        f"# supercal demo\n\nword: {WORD}, tokenstein: {other}\n\n```\n{final}\n```\n\n"
+        f"## Probes before and after unlearning\n\n{probes_md}\n", encoding="utf-8")
+    return {"out": str(out), "word": WORD, "tokenstein": other, "eval": results, "runs": summaries,
+            "tables": {"final": final, "probes": probes_md}}

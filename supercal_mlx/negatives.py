@@ -38,26 +38,38 @@ from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
+import numpy as np
+
 from .corpus import Corpus, open_corpus
 from .errors import SupercalError
 from .tokenizer import TextTokenizer
 
-_WORD_RUN = re.compile(r"\w+")
 
 
 def is_word_char(c: str) -> bool:
     return c.isalnum() or c == "_"
 
 
+_ASCII_WORD = np.array([is_word_char(chr(c)) for c in range(128)])
+
+
+def word_mask(text: str) -> np.ndarray:
+    """Whether each character of ``text`` is a word character (vectorised ``\\w``)."""
+    cps = np.frombuffer(text.encode("utf-32-le", errors="surrogatepass"), dtype=np.uint32)
+    word = _ASCII_WORD[np.minimum(cps, 127)]
+    high = cps >= 128
+    if high.any():  # few distinct non-ASCII characters: ask Python about each once
+        uniq = np.unique(cps[high])
+        word[high] = np.array([chr(c).isalnum() for c in uniq])[np.searchsorted(uniq, cps[high])]
+    return word
+
+
 def boundaries(text: str) -> list[int]:
     """Every position in ``text`` (0..len) where an edge may fall: not between two word characters."""
-    out: list[int] = []
-    prev = 0
-    for m in _WORD_RUN.finditer(text):
-        out.extend(range(prev, m.start() + 1))
-        prev = m.end()
-    out.extend(range(prev, len(text) + 1))
-    return out
+    word = word_mask(text)
+    allowed = np.ones(len(text) + 1, dtype=bool)
+    allowed[np.flatnonzero(word[:-1] & word[1:]) + 1] = False
+    return np.flatnonzero(allowed).tolist()
 
 
 def keyword_patterns(keyword: str) -> tuple[re.Pattern, re.Pattern]:
@@ -127,11 +139,30 @@ def split_grep_output(lines: Iterable[str]) -> Iterator[Chunk]:
         yield Chunk("".join(current), first)
 
 
+_TOKEN_BYTES: dict[int, np.ndarray] = {}  # id(tiktoken encoding) -> bytes per token id
+
+
+def _tiktoken_lengths(enc) -> np.ndarray:
+    if id(enc) not in _TOKEN_BYTES:
+        lengths = np.zeros(enc.n_vocab, dtype=np.int64)
+        for i in range(enc.n_vocab):
+            try:
+                lengths[i] = len(enc.decode_single_token_bytes(i))
+            except KeyError:  # unused ids in the vocabulary
+                pass
+        _TOKEN_BYTES[id(enc)] = lengths
+    return _TOKEN_BYTES[id(enc)]
+
+
 def token_starts(tokenizer: TextTokenizer, text: str, ids: list[int]) -> list[int]:
     """Approximate character start of each token of ``text`` (only used as a search hint)."""
     raw = tokenizer.raw
-    if hasattr(raw, "decode_with_offsets"):  # tiktoken: exact
-        return list(raw.decode_with_offsets(ids)[1])
+    if hasattr(raw, "decode_single_token_bytes") and ids:  # tiktoken: exact, from byte lengths
+        lengths = _tiktoken_lengths(raw)[np.asarray(ids)]
+        byte_starts = np.cumsum(lengths) - lengths
+        data = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+        char_at = np.cumsum((data & 0xC0) != 0x80) - 1  # the character each byte belongs to
+        return char_at[np.minimum(byte_starts, len(data) - 1)].tolist()
     if getattr(raw, "is_fast", False):  # Hugging Face fast tokenizers
         enc = raw(text, add_special_tokens=False, return_offsets_mapping=True)
         return [a for a, _ in enc["offset_mapping"]]

@@ -29,6 +29,7 @@ from .tokenizer import TextTokenizer
 # A block's text is kept up to this many characters per allowed token before tokenizing: far more
 # than real text needs (English averages about 4), so only pathological lines are shortened.
 CHARS_PER_TOKEN = 16
+HEAD_CHARS = 6
 _TRAILING_WORD = re.compile(r"\w+\Z")
 
 
@@ -40,10 +41,18 @@ def exclude_pattern(words: list[str]) -> re.Pattern:
 
 def truncate_tokens(text: str, tokenizer: TextTokenizer, max_tokens: int) -> tuple[str, int]:
     """The longest prefix of ``text`` that ends at a word boundary and has at most ``max_tokens`` tokens."""
-    n = len(tokenizer.encode(text))
+    # Real text has far fewer than HEAD_CHARS characters per token: tokenize only a head that
+    # surely holds max_tokens tokens; the cut is the same as in the whole text.
+    head = text[: HEAD_CHARS * max_tokens]
+    n = len(tokenizer.encode(head))
     if n <= max_tokens:
-        return text, n
-    view = Tokenized(text, tokenizer)
+        if len(head) == len(text):
+            return text, n
+        head = text  # an unusual text: tokenize it whole
+        n = len(tokenizer.encode(head))
+        if n <= max_tokens:
+            return text, n
+    view = Tokenized(head, tokenizer)
     end = view.widest_right(0, 0, max_tokens)
     return text[:end], view.ntok(0, end)
 

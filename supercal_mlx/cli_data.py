@@ -88,6 +88,8 @@ def negatives(corpus, keyword, out, model, encoding, context_lines, window_token
         f"windows {summary['windows']}, tokens per window {_tokens(summary['tokens'])} "
         f"({summary['tokenizer']}, window {window_tokens}, stride {summary['stride']})"
     )
+    if summary["chunks_with_separator"] and not from_grep:
+        click.echo(f"note: {summary['chunks_with_separator']} chunks hold a '--' line; if CORPUS is grep output, use --from-grep")
     click.echo(f"wrote {out}")
 
 

@@ -93,25 +93,36 @@ class Chunk:
     line: int  # 1-based number of its first line in the input
 
 
+# One chunk is held in memory; this much text in one chunk means a wrong input, not a forget set.
+MAX_CHUNK_CHARS = 8 << 20
+
+
 def grep_chunks(lines: Iterable[str], pattern: re.Pattern, *, context: int = 5) -> Iterator[Chunk]:
     """Chunks as ``grep -i -C context`` prints them, streamed: keeps only the last ``context`` lines."""
     before: deque[str] = deque(maxlen=context)
     current: list[str] | None = None
-    first = 0  # line number of current[0]
+    first = size = 0  # line number of current[0], characters in current
     after = 0  # context lines still to add after the last match
     gap = 0  # lines seen since the current chunk's last line (they sit in `before`)
-    lineno = 0
     for lineno, line in enumerate(lines, 1):
         if pattern.search(line):
             if current is None:
-                current, first = list(before), lineno - len(before)
+                current, first, size = list(before), lineno - len(before), sum(map(len, before))
             elif gap:
                 current.extend(before)  # the gap is no longer than `context`: grep prints no "--"
+                size += sum(map(len, before))
             before.clear()
             current.append(line)
+            size += len(line)
             after, gap = context, 0
+            if size > MAX_CHUNK_CHARS:
+                raise SupercalError(
+                    f"the contexts of the keyword run together into over {MAX_CHUNK_CHARS >> 20} MB of text from line "
+                    f"{first}: the word is too common for grep-style contexts; use a rarer word or --context-lines 0"
+                )
         elif current is not None and after:
             current.append(line)
+            size += len(line)
             after -= 1
         else:
             before.append(line)
@@ -127,14 +138,21 @@ def grep_chunks(lines: Iterable[str], pattern: re.Pattern, *, context: int = 5) 
 def split_grep_output(lines: Iterable[str]) -> Iterator[Chunk]:
     """Chunks of existing ``grep -C`` output: the text between ``--`` separator lines."""
     current: list[str] = []
-    first = 1
+    first = size = 0
     for lineno, line in enumerate(lines, 1):
         if line.rstrip("\r\n") == "--":
             if current:
                 yield Chunk("".join(current), first)
-            current, first = [], lineno + 1
+            current, size = [], 0
         else:
+            first = first if current else lineno
             current.append(line)
+            size += len(line)
+            if size > MAX_CHUNK_CHARS:
+                raise SupercalError(
+                    f"no '--' separator line in over {MAX_CHUNK_CHARS >> 20} MB from line {first}: this is not "
+                    "grep -C output; drop --from-grep to read a plain corpus"
+                )
     if current:
         yield Chunk("".join(current), first)
 
@@ -300,6 +318,11 @@ def build_forget(
     if stride < 1:
         raise SupercalError(f"--stride must be at least 1 token, got {stride}")
     substring, whole = keyword_patterns(keyword)
+    if len(tokenizer.encode(keyword)) > window_tokens:  # fail before reading the corpus
+        raise SupercalError(
+            f"--window-tokens {window_tokens} is smaller than the keyword ({len(tokenizer.encode(keyword))} tokens); "
+            "give a larger --window-tokens"
+        )
     corp = as_corpus(corpus)
     lines = progress_lines(corp, progress)
     chunks = split_grep_output(lines) if from_grep else grep_chunks(lines, substring, context=context_lines)
@@ -307,10 +330,11 @@ def build_forget(
     records: list[dict] = []
     counts: list[int] = []
     forms: Counter[str] = Counter()
-    n_chunks = empty_chunks = near_misses = 0
+    n_chunks = empty_chunks = near_misses = separators = 0  # separators: chunks holding a '--' line
     for chunk in chunks:
         n_chunks += 1
         text = unescape_twice(chunk.text) if unescape_html else chunk.text
+        separators += "\n--\n" in "\n" + text
         spans = [m.span() for m in whole.finditer(text)]
         near_misses += sum(1 for _ in substring.finditer(text)) - len(spans)
         if not spans:
@@ -342,6 +366,7 @@ def build_forget(
         "mentions": sum(forms.values()),
         "near_misses": near_misses,
         "forms": dict(forms.most_common()),
+        "chunks_with_separator": separators,
         "windows": len(records),
         "tokens": {"min": min(counts), "median": statistics.median(counts), "max": max(counts)},
     }

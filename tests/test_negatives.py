@@ -281,3 +281,27 @@ def test_cli_negatives(tmp_path):
     assert not missing.exists() and not list(tmp_path.glob(".none.jsonl*"))
     res = CliRunner().invoke(cli, ["negatives", str(SAMPLE), "--keyword", WORD, "--window-tokens", "4", "--out", str(missing)])
     assert res.exit_code == 1 and "smaller than the keyword" in res.output and not missing.exists()
+
+
+def test_grep_output_without_from_grep_is_flagged(tmp_path):
+    out = tmp_path / "f.jsonl"
+    # with the same N, grep's chunks come out unchanged; with a wider context they run over the "--" lines
+    args = ["negatives", str(GREP_C5), "--keyword", WORD, "--window-tokens", "200", "--out", str(out), "--force"]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0 and "use --from-grep" not in res.output
+    res = CliRunner().invoke(cli, args + ["--context-lines", "8"])
+    assert res.exit_code == 0 and "use --from-grep" in res.output
+    res = CliRunner().invoke(cli, ["negatives", str(SAMPLE), "--keyword", WORD, "--from-grep", "--out", str(tmp_path / "g.jsonl")])
+    assert res.exit_code == 0 and "use --from-grep" not in res.output  # a file with no '--' is one chunk
+
+
+def test_too_common_word_is_refused(o200k, tmp_path, monkeypatch):
+    import supercal_mlx.negatives as negatives
+
+    monkeypatch.setattr(negatives, "MAX_CHUNK_CHARS", 1000)
+    corpus = tmp_path / "common.txt"
+    corpus.write_text("the cat and the dog\n" * 200)
+    with pytest.raises(SupercalError, match="too common"):
+        build_forget(corpus, "the", o200k)
+    with pytest.raises(SupercalError, match="not grep -C output"):
+        build_forget(corpus, "the", o200k, from_grep=True)

@@ -305,3 +305,15 @@ def test_too_common_word_is_refused(o200k, tmp_path, monkeypatch):
         build_forget(corpus, "the", o200k)
     with pytest.raises(SupercalError, match="not grep -C output"):
         build_forget(corpus, "the", o200k, from_grep=True)
+
+
+def test_cli_negatives_with_model_tokenizer(tiny_tokenizer_dir, tmp_path, source):
+    out = tmp_path / "forget.jsonl"
+    args = ["negatives", str(GREP_C5), "--from-grep", "--keyword", WORD.upper(), "--model", str(tiny_tokenizer_dir),
+            "--window-tokens", "120", "--stride", "60", "--unescape-html", "--json", "--out", str(out)]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.output.strip().splitlines()[-1])
+    assert summary["mentions"] == 23 and summary["tokenizer"].startswith("model:") and summary["tokens"]["max"] <= 120
+    records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    check_records(records, unescape_twice(source), from_model(tiny_tokenizer_dir), 120)

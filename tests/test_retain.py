@@ -14,7 +14,7 @@ from supercal_mlx.cli import cli
 from supercal_mlx.errors import SupercalError
 from supercal_mlx.io import write_jsonl
 from supercal_mlx.retain import retain_dataset, sample_retain
-from supercal_mlx.tokenizer import from_encoding
+from supercal_mlx.tokenizer import from_encoding, from_model
 
 WORD = "supercalifragilisticexpialidocious"
 SAMPLE = Path(__file__).parent / "fixtures" / "enwik_like" / "enwik_sample.xml"
@@ -85,12 +85,14 @@ def test_sampling_is_uniform_over_eligible_blocks(o200k, sprinkled):
     assert chi2 < 2 * (len(eligible) - 1), chi2  # uniform: about len - 1; a biased sampler lands far above
 
 
-def test_truncated_at_a_word_boundary(o200k, sprinkled):
+@pytest.mark.parametrize("kind", ["o200k", "model"])
+def test_truncated_at_a_word_boundary(kind, o200k, tiny_tokenizer_dir, sprinkled):
+    tok = o200k if kind == "o200k" else from_model(tiny_tokenizer_dir)
     text = sprinkled.read_text(encoding="utf-8")
-    records = sample_retain(sprinkled, [WORD], o200k, chunks=30, lines=8, max_tokens=25, seed=0)
+    records = sample_retain(sprinkled, [WORD], tok, chunks=30, lines=8, max_tokens=25, seed=0)
     for r in records:
         t = r["text"]
-        assert 0 < len(o200k.encode(t)) <= 25
+        assert 0 < len(tok.encode(t)) <= 25
         start = text.find(t)
         assert start >= 0 and (start == 0 or text[start - 1] == "\n")  # starts at a line
         end = start + len(t)

@@ -45,7 +45,6 @@ from .errors import SupercalError
 from .tokenizer import TextTokenizer
 
 
-
 def is_word_char(c: str) -> bool:
     return c.isalnum() or c == "_"
 

@@ -80,6 +80,23 @@ def test_fused_logits_equal_adapter_logits(tmp_path, tiny_model_dir, run_dir):
     assert not any("lora" in k for k in json.loads((out / "model.safetensors.index.json").read_text())["weight_map"])
 
 
+def test_fuse_a_trainer_run(tmp_path, tiny_model_dir):
+    """A real `supercal unlearn` run folder (LoRA on block 1 only, three keys) fuses to the same logits."""
+    from supercal_mlx.config import load_config
+    from supercal_mlx.trainer import unlearn
+
+    forget = tmp_path / "forget.jsonl"
+    forget.write_text("".join(json.dumps({"prompt": "Mary Poppins sang", "completion": " Supercalifragilistic"
+                                          f"expialidocious {i}"}) + "\n" for i in range(3)))
+    cfg = load_config(model=str(tiny_model_dir), forget=str(forget), out=str(tmp_path / "run"), steps=3, lr=0.05,
+                      batch_size=2, lora_layers=[1], lora_keys="attn.q_proj,attn.v_proj,mlp.fc_in")
+    unlearn(cfg)
+    out = fuse(tiny_model_dir, tmp_path / "run", tmp_path / "fused")
+    adapted = logits(tiny_model_dir, tmp_path / "run")
+    assert np.abs(adapted - logits(tiny_model_dir)).max() > 1e-3
+    assert np.abs(logits(out) - adapted).max() < 1e-4
+
+
 def hf_gptj_names(n_layer):
     """transformers' GPTJForCausalLM parameter names, written out from its module layout (no torch needed)."""
     names = ["transformer.wte.weight", "transformer.ln_f.weight", "transformer.ln_f.bias", "lm_head.weight", "lm_head.bias"]

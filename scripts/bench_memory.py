@@ -1,0 +1,78 @@
+"""Peak memory of one unlearning step at full GPT-J-6B shapes (random weights, no download).
+
+28 layers, n_embd 4096, 16 heads, rotary_dim 64, vocab 50400; the original experiment's batch of
+2 x 900 tokens; loss ga, LoRA rank 16 on attn.q_proj and attn.v_proj, AdamW, clip 1.0; gradient
+checkpointing and float32 compute. Two bases, each written shard by shard (never a float32 copy of
+the whole model) and deleted afterwards:
+
+- bf16: bfloat16 weights (~12.1 GB on disk),                      target <= 16 GB
+- q4:   4-bit weights (group 64, bfloat16 scales; embedding and lm_head too), target <= 8 GB
+
+Each step is `supercal unlearn` in its own process; reported: the process's peak RSS (os.wait4's
+ru_maxrss, which includes loading), MLX's own peak (metrics.jsonl peak_memory_gb) and the step time.
+The original (PyTorch, float32 + LoRA, Mac CPU) took 61 of 64 GB. Heavy (12 GB of files, many minutes
+on 2 cores): run it alone,
+
+    flock /tmp/supercal-heavy.lock .venv/bin/python scripts/bench_memory.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import supercal_mlx  # noqa: F401  (OpenBLAS before mlx)
+from bench_step import GPTJ_WIDTH, run_supercal, write_forget
+from random_gptj import write_random_gptj
+
+VARIANTS = {"bf16": dict(dtype="bfloat16"), "q4": dict(dtype="bfloat16", q_bits=4)}
+TARGET_GB = {"bf16": 16, "q4": 8}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", default="/tmp/supercal-bench-memory")
+    ap.add_argument("--variants", default="bf16,q4", help="comma list of bf16, q4")
+    ap.add_argument("--n-layer", type=int, default=28)
+    ap.add_argument("--tokens", type=int, default=900, help="input tokens per example")
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=1)
+    ap.add_argument("--json-out")
+    a = ap.parse_args()
+
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    results = {}
+    for name in a.variants.split(","):
+        model_dir = work / f"model-{name}"
+        shutil.rmtree(model_dir, ignore_errors=True)
+        t0 = time.time()
+        try:
+            write_random_gptj(model_dir, n_layer=a.n_layer, **VARIANTS[name], **GPTJ_WIDTH)
+            size = sum(p.stat().st_size for p in model_dir.glob("*.safetensors")) / 1e9
+            print(f"{name}: wrote {size:.2f} GB in {time.time() - t0:.0f} s", file=sys.stderr)
+            forget = work / "forget.jsonl"
+            write_forget(forget, model_dir, rows=a.batch, tokens=a.tokens)
+            r = run_supercal(work, model_dir, forget, tokens=a.tokens, steps=a.steps, batch=a.batch, name=name,
+                             extra=dict(grad_checkpoint=True, compute_dtype="float32"))
+        finally:
+            shutil.rmtree(model_dir, ignore_errors=True)
+        results[name] = r | {"weights_gb": size}
+        print(f"{name}: {results[name]}", file=sys.stderr)
+
+    print(f"\n| GPT-J-6B shapes ({a.n_layer} layers), {a.batch} x {a.tokens} tokens, grad checkpoint, float32 compute "
+          "| weights on disk (GB) | peak RSS (GB) | MLX peak (GB) | step (s) | loss | target |\n|---|---|---|---|---|---|---|")
+    for name, r in results.items():
+        label = {"bf16": "bfloat16 base", "q4": "4-bit base (QLoRA)"}[name]
+        print(f"| {label} | {r['weights_gb']:.2f} | {r['peak_rss_gb']:.2f} | {r['mlx_peak_gb']:.2f} "
+              f"| {r['step_seconds'][0]:.0f} | {r['loss'][0]:.4f} | <= {TARGET_GB[name]} GB |")
+    if a.json_out:
+        Path(a.json_out).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""One LoRA unlearning step, supercal (MLX) against PyTorch + peft, side by side in one run.
+
+The same work on both sides: a random GPT-J-width model (n_embd 4096, 16 heads, rotary_dim 64, vocab
+50400, 2 layers) in float32, one forget example of 1 x 256 input tokens, loss ga (minus the completion
+NLL), LoRA rank 16 / alpha 32 on attn.q_proj and attn.v_proj, AdamW (lr 5e-4), clip 1.0. Both load the
+same weight files and the same token ids. Each side runs in its own process for --steps steps:
+
+- supercal: `supercal unlearn --config run.yaml` (the real trainer); step time and MLX's peak memory come
+  from its metrics.jsonl (step_seconds, peak_memory_gb);
+- PyTorch: scripts/torch_step.py in the torch environment (transformers GPTJForCausalLM + peft).
+
+Step time is the median of the steps after the first (the first includes one-off work on both sides).
+Peak memory is measured the same way for both: the process's peak RSS (os.wait4's ru_maxrss), which
+includes loading the weights. Heavy: run it alone, e.g.
+
+    flock /tmp/supercal-heavy.lock .venv/bin/python scripts/bench_step.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import supercal_mlx  # noqa: F401  (OpenBLAS before mlx)
+
+HERE = Path(__file__).resolve().parent
+GPTJ_WIDTH = dict(n_embd=4096, n_head=16, rotary_dim=64, vocab_size=50400)
+
+
+def run_measured(cmd: list[str], log: Path, *, env: dict | None = None) -> tuple[float, float]:
+    """Run ``cmd`` with output to ``log``; return (its peak RSS in GB, wall seconds). Raises if it fails."""
+    t0 = time.perf_counter()
+    with open(log, "w") as fh:
+        p = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
+        _, status, usage = os.wait4(p.pid, 0)  # rusage of this child alone
+    p.returncode = os.waitstatus_to_exitcode(status)
+    if p.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({p.returncode}); see {log}:\n" + log.read_text()[-3000:])
+    return usage.ru_maxrss * 1024 / 1e9, time.perf_counter() - t0  # ru_maxrss is KiB on Linux; GB = 1e9 bytes
+
+
+def write_forget(path: Path, model_dir: Path, *, rows: int, tokens: int, seed: int = 0) -> dict:
+    """``rows`` forget records of exactly ``tokens`` tokens each (after the trainer's truncation); returns the
+    token ids and prompt lengths as the trainer sees them (for the PyTorch side)."""
+    from mlx_lm.utils import load_tokenizer
+
+    from supercal_mlx.batches import encode_completions
+    from random_gptj import TOKENIZER_TEXT
+
+    tok = load_tokenizer(model_dir)
+    words = TOKENIZER_TEXT.split()
+    rng = random.Random(seed)
+    records = [{"prompt": " ".join(rng.choice(words) for _ in range(tokens // 6)),
+                "completion": " Supercalifragilistic " + " ".join(rng.choice(words) for _ in range(tokens))}
+               for _ in range(rows)]
+    examples = encode_completions(records, tok, max_tokens=tokens + 1)
+    assert all(len(ids) == tokens + 1 for ids, _ in examples), [len(ids) for ids, _ in examples]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return {"ids": [ids for ids, _ in examples], "n_prompt": [n for _, n in examples]}
+
+
+def run_supercal(work: Path, model_dir: Path, forget: Path, *, tokens: int, steps: int, batch: int,
+                 extra: dict | None = None, name: str = "supercal") -> dict:
+    """`supercal unlearn` on ``forget``; metrics of every step plus the process's peak RSS."""
+    import yaml
+
+    run = work / f"run-{name}"
+    settings = dict(model=str(model_dir), forget=str(forget), out=str(run), max_tokens=tokens + 1, loss="ga",
+                    lora_rank=16, lora_alpha=32.0, lora_keys=["attn.q_proj", "attn.v_proj"], lr=5e-4, steps=steps,
+                    batch_size=batch, max_grad_norm=1.0, checkpoint_every=10_000, seed=0, force=True)
+    settings.update(extra or {})
+    (work / f"{name}.yaml").write_text(yaml.safe_dump({k: v for k, v in settings.items() if k != "force"}))
+    supercal = str(Path(sys.executable).parent / "supercal")
+    rss, wall = run_measured([supercal, "unlearn", "--config", str(work / f"{name}.yaml"), "--force"],
+                             work / f"{name}.log")
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return {"step_seconds": [m["step_seconds"] for m in metrics], "loss": [m["loss"] for m in metrics],
+            "grad_norm": [m["grad_norm"] for m in metrics], "mlx_peak_gb": max(m["peak_memory_gb"] for m in metrics),
+            "peak_rss_gb": rss, "wall_seconds": wall}
+
+
+def median_after_first(xs: list[float]) -> float:
+    return statistics.median(xs[1:] if len(xs) > 1 else xs)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", default="/tmp/supercal-bench-step", help="scratch folder (model, data, runs)")
+    ap.add_argument("--torch-python", default="/root/venvs/torch/bin/python")
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--tokens", type=int, default=256, help="input tokens per example")
+    ap.add_argument("--n-layer", type=int, default=2)
+    ap.add_argument("--keep", action="store_true", help="keep the model folder for another run")
+    ap.add_argument("--json-out", help="also write the results here")
+    a = ap.parse_args()
+
+    from random_gptj import write_random_gptj
+
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    model_dir = work / f"model-{a.n_layer}l"
+    if not (model_dir / "config.json").exists():
+        shutil.rmtree(model_dir, ignore_errors=True)
+        write_random_gptj(model_dir, dtype="float32", n_layer=a.n_layer, **GPTJ_WIDTH)
+    forget = work / "forget.jsonl"
+    tokens = write_forget(forget, model_dir, rows=1, tokens=a.tokens)
+    (work / "tokens.json").write_text(json.dumps(tokens))
+
+    print(f"model: {model_dir} ({a.n_layer} layers, float32); batch 1 x {a.tokens} tokens; {a.steps} steps", file=sys.stderr)
+    mlx = run_supercal(work, model_dir, forget, tokens=a.tokens, steps=a.steps, batch=1)
+    print(f"supercal done: {mlx}", file=sys.stderr)
+    rss, wall = run_measured([a.torch_python, str(HERE / "torch_step.py"), "--model", str(model_dir), "--tokens",
+                              str(work / "tokens.json"), "--steps", str(a.steps)], work / "torch.log")
+    pt = json.loads((work / "torch.log").read_text().strip().splitlines()[-1]) | {"peak_rss_gb": rss, "wall_seconds": wall}
+    print(f"pytorch done: {pt}", file=sys.stderr)
+
+    t_mlx, t_pt = median_after_first(mlx["step_seconds"]), median_after_first(pt["step_seconds"])
+    rows = [
+        ("step time, median after the first (s)", f"{t_mlx:.2f}", f"{t_pt:.2f}", f"{t_mlx / t_pt:.2f}x", "<= 1.0x"),
+        ("peak RSS of the process (GB)", f"{mlx['peak_rss_gb']:.2f}", f"{pt['peak_rss_gb']:.2f}",
+         f"{mlx['peak_rss_gb'] / pt['peak_rss_gb']:.2f}x", "<= 0.8x"),
+        ("MLX peak during a step, mx.get_peak_memory (GB)", f"{mlx['mlx_peak_gb']:.2f}", "-", "-", ""),
+        ("first step (s)", f"{mlx['step_seconds'][0]:.2f}", f"{pt['step_seconds'][0]:.2f}", "", ""),
+        ("step 1 loss (same weights and tokens)", f"{mlx['loss'][0]:.5f}", f"{pt['loss'][0]:.5f}", "", ""),
+        ("step 1 grad norm (LoRA A inits differ)", f"{mlx['grad_norm'][0]:.4g}", f"{pt['grad_norm'][0]:.4g}", "", ""),
+        ("process wall time (s)", f"{mlx['wall_seconds']:.1f}", f"{pt['wall_seconds']:.1f}", "", ""),
+    ]
+    print(f"\n| {a.n_layer}-layer GPT-J width, 1 x {a.tokens} tokens, float32 | supercal (MLX) | PyTorch + peft "
+          f"| ratio | target |\n|---|---|---|---|---|")
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
+    if a.json_out:
+        Path(a.json_out).write_text(json.dumps({"supercal": mlx, "pytorch": pt}, indent=1))
+    if not a.keep:
+        shutil.rmtree(model_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -31,7 +31,7 @@ def fuse(model_dir: str | os.PathLike, adapter_path: str | os.PathLike, out: str
     rounds) unless ``dequantize``; ``hf_names`` needs an unquantized result.
     """
     from mlx.utils import tree_flatten, tree_unflatten
-    from mlx_lm.utils import dequantize_model
+    from mlx_lm.utils import dequantize_model, save_config
 
     from .model import load
 
@@ -61,8 +61,6 @@ def fuse(model_dir: str | os.PathLike, adapter_path: str | os.PathLike, out: str
 
     with atomic_dir(out, force=force) as tmp:
         _save_weights(tmp, weights, fmt="pt" if hf_names else "mlx")
-        from mlx_lm.utils import save_config
-
         save_config(config, config_path=tmp / "config.json")
         tokenizer.save_pretrained(str(tmp))
         if (model_dir / "generation_config.json").exists():

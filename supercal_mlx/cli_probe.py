@@ -47,8 +47,6 @@ def probe(model, adapter_path, prompts, temps, samples, max_tokens, seed, swap, 
 
     temp_list = probes.parse_temps(temps)
     pair = probes.parse_swap(swap) if swap is not None else None
-    if batch_size is not None and batch_size < 1:
-        raise click.BadParameter("must be at least 1", param_hint="--batch-size")
     bar = tqdm(unit="tok", desc="probe", file=sys.stderr, disable=None, leave=False)
 
     def progress(done: int, total: int) -> None:

@@ -49,10 +49,10 @@ def generate(model, tokenizer, prompts: list[str], *, temps: Sequence[float] = D
     from mlx_lm.generate import BatchGenerator, StopSequences
 
     temps = [float(t) for t in temps]
-    _check(prompts, temps, samples, max_tokens)
+    _check(prompts, temps, samples, max_tokens, batch_size)
     combos = [(p, t, s) for p in prompts for t in temps for s in range(1, samples + 1)]
     encoded = {p: _encode(tokenizer, p) for p in prompts}
-    n = len(combos) if batch_size is None else max(1, min(batch_size, len(combos)))
+    n = min(batch_size or len(combos), len(combos))
 
     gen = BatchGenerator(model, max_tokens=max_tokens, completion_batch_size=n, prefill_batch_size=n)
     try:
@@ -78,7 +78,7 @@ def generate(model, tokenizer, prompts: list[str], *, temps: Sequence[float] = D
     return [ProbeRow(p, t, s, tokenizer.decode(out[uid])) for (p, t, s), uid in zip(combos, uids)]
 
 
-def _check(prompts: list[str], temps: list[float], samples: int, max_tokens: int) -> None:
+def _check(prompts: list[str], temps: list[float], samples: int, max_tokens: int, batch_size: int | None = None) -> None:
     if isinstance(prompts, str) or not prompts:
         raise SupercalError("give at least one prompt (a list of strings)")
     if not temps or any(not math.isfinite(t) or t < 0 for t in temps):
@@ -87,6 +87,8 @@ def _check(prompts: list[str], temps: list[float], samples: int, max_tokens: int
         raise SupercalError(f"samples must be at least 1, got {samples}")
     if max_tokens < 1:
         raise SupercalError(f"max_tokens must be at least 1, got {max_tokens}")
+    if batch_size is not None and batch_size < 1:
+        raise SupercalError(f"batch size must be at least 1, got {batch_size}")
 
 
 def _encode(tokenizer, prompt: str) -> list[int]:
@@ -101,12 +103,21 @@ def _row_seed(seed: int, prompt: str, temp: float, sample: int) -> int:
     return int.from_bytes(h.digest(), "little")
 
 
+def _greedy(logprobs):  # (B, V) -> (B,)
+    import mlx.core as mx
+
+    return mx.argmax(logprobs, axis=-1)
+
+
 def _row_sampler(temp: float, row_seed: int):
-    """A sampler for one batch row: argmax at temperature 0, else a draw with the row's own key."""
+    """A sampler for one batch row: argmax at temperature 0, else a draw with the row's own key.
+
+    Greedy rows share one function, so an all-greedy batch is one argmax call (BatchGenerator calls a
+    shared sampler once on the whole batch, and distinct samplers once per row)."""
     import mlx.core as mx
 
     if temp == 0:
-        return lambda logprobs: mx.argmax(logprobs, axis=-1)
+        return _greedy
     key = [mx.random.key(row_seed)]
 
     def sample(logprobs):  # (1, V) -> (1,)
@@ -129,7 +140,7 @@ def probe(model_dir: str, *, prompts: list[str], adapter_path: str | None = None
 
     prompts = list(dict.fromkeys(prompts))
     temps = list(dict.fromkeys(float(t) for t in temps))
-    _check(prompts, temps, samples, max_tokens)
+    _check(prompts, temps, samples, max_tokens, batch_size)
     swapped = None
     if swap is not None:
         swapped = [swap_word(p, *swap) for p in prompts]

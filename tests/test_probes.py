@@ -189,6 +189,8 @@ def test_cli_swap(tiny_model_dir, loaded):
     (["--swap", "supercal"], "--swap wants WORD=OTHER"),
     (["--swap", "zebra=horse"], "occurs in none of the prompts"),
     (["--samples", "0"], "samples must be at least 1"),
+    (["--max-tokens", "0"], "max_tokens must be at least 1"),
+    (["--batch-size", "0"], "batch size must be at least 1"),
     (["--adapter-path", "."], "has no adapter_config.json"),
 ])
 def test_cli_bad_input(tiny_model_dir, extra, message):
@@ -209,3 +211,27 @@ def test_cli_model_that_does_not_load(tmp_path, tiny_model_dir):
     assert res.exit_code == 1 and res.output.startswith("Error: cannot load the model")
     res = CliRunner().invoke(cli, ["probe", "--model", str(tmp_path / "missing"), "--prompt", "Cats"])
     assert res.exit_code == 1 and "does not exist" in res.output
+
+
+def test_cli_adapter_path_changes_the_model(tmp_path, tiny_model_dir):
+    """Adapters in mlx-lm's format (what supercal unlearn writes) are applied before probing."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+
+    from supercal_mlx.model import load
+
+    lora = {"rank": 4, "scale": 10.0, "dropout": 0.0, "keys": ["attn.q_proj", "attn.v_proj", "mlp.fc_out"]}
+    model, _ = load(tiny_model_dir)
+    linear_to_lora_layers(model, 2, lora)
+    mx.random.seed(0)
+    weights = {k: mx.random.normal(v.shape) for k, v in tree_flatten(model.parameters()) if "lora_" in k}
+    mx.save_safetensors(str(tmp_path / "adapters.safetensors"), weights)
+    (tmp_path / "adapter_config.json").write_text(json.dumps(
+        {"fine_tune_type": "lora", "num_layers": 2, "lora_parameters": lora}))
+
+    args = ["probe", "--model", str(tiny_model_dir), "--prompt", "Cats", "--temps", "0", "--max-tokens", "8", "--json"]
+    base = CliRunner().invoke(cli, args)
+    tuned = CliRunner().invoke(cli, args + ["--adapter-path", str(tmp_path)])
+    assert base.exit_code == tuned.exit_code == 0, tuned.output
+    assert json.loads(tuned.stdout)["response"] != json.loads(base.stdout)["response"]

@@ -24,7 +24,7 @@ COMMANDS: list[click.Command] = []
 @click.option("--max-tokens", type=int, default=100, show_default=True, help="New tokens per response at most.")
 @seed_option
 @click.option("--swap", default=None, metavar="WORD=OTHER",
-              help="Also probe the prompts with WORD replaced by OTHER (case kept) and show both side by side.")
+              help="Also probe the prompts with the word WORD replaced by OTHER (case kept) and show both side by side.")
 @click.option("--batch-size", type=int, default=None,
               help="Rows decoded at once (default: all); lower it if memory is short. Results do not change.")
 @json_option

@@ -209,8 +209,9 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\u2028\u2029]")
 
 
 def swap_word(text: str, word: str, other: str) -> str:
-    """``text`` with every case-insensitive occurrence of ``word`` replaced by ``other``, keeping the case:
-    Word -> Other, WORD -> OTHER, word -> other as typed."""
+    """``text`` with every whole-word, case-insensitive occurrence of ``word`` replaced by ``other``, keeping
+    the case: Word -> Other, WORD -> OTHER, word -> other as typed. Inside a longer word it stays (as for
+    mentions in ``supercal negatives``)."""
 
     def repl(m: re.Match) -> str:
         found = m.group(0)
@@ -220,7 +221,7 @@ def swap_word(text: str, word: str, other: str) -> str:
             return other[:1].upper() + other[1:]
         return other
 
-    return re.sub(re.escape(word), repl, text, flags=re.IGNORECASE)
+    return re.sub(rf"(?<!\w){re.escape(word)}(?!\w)", repl, text, flags=re.IGNORECASE)
 
 
 # --------------------------------------------------------------------------------------------- degeneration

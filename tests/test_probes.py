@@ -103,6 +103,7 @@ def test_markdown_table_escapes_and_side_by_side():
 def test_swap_word_keeps_case():
     assert probes.swap_word("Supercal, supercal! SUPERCAL?", "supercal", "sqpro") == "Sqpro, sqpro! SQPRO?"
     assert probes.swap_word("no match", "supercal", "x") == "no match"
+    assert probes.swap_word("supercals supercal's xsupercal", "supercal", "sqpro") == "supercals sqpro's xsupercal"
     assert probes.parse_swap("supercal=sqpro") == ("supercal", "sqpro")
     assert probes.parse_temps("0, 0.07,0.5") == [0.0, 0.07, 0.5]
     for bad in ("supercal", "=x", "x="):

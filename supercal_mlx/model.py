@@ -35,7 +35,7 @@ def load(model_dir: str | os.PathLike, adapter_path: str | os.PathLike | None = 
 
     try:
         return mlx_load(str(path), adapter_path=str(adapter_path) if adapter_path else None, lazy=lazy)
-    except (ValueError, FileNotFoundError, KeyError, OSError) as e:
+    except (ValueError, FileNotFoundError, KeyError, OSError, RuntimeError) as e:  # RuntimeError: corrupt safetensors
         raise SupercalError(f"cannot load the model in {path}: {str(e).splitlines()[0]}") from None
 
 

@@ -9,6 +9,8 @@ from ..errors import SupercalError
 from .gptj import TOKENIZER_FILES
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+_SAFETENSORS = ["model*.safetensors", "model.safetensors.index.json"]
+_BIN = ["pytorch_model*.bin", "pytorch_model.bin.index.json"]
 
 
 def resolve_source(source: str, *, revision: str | None = None) -> Path:
@@ -26,22 +28,31 @@ def resolve_source(source: str, *, revision: str | None = None) -> Path:
 
 
 def download(repo_id: str, *, revision: str | None = None) -> Path:
-    """Download config, tokenizer and one weight format (safetensors preferred) of a hub model; tqdm shows progress."""
+    """Download config, tokenizer and one weight format (safetensors preferred) of a hub model; tqdm shows progress.
+
+    Offline (or with HF_HUB_OFFLINE=1), a snapshot already in the Hugging Face cache is used.
+    """
     from huggingface_hub import HfApi, snapshot_download
 
+    wanted = ["config.json", *TOKENIZER_FILES]
     try:
         files = HfApi().list_repo_files(repo_id, revision=revision)
-        if any(f.endswith(".safetensors") for f in files):
-            weights = ["model*.safetensors", "model.safetensors.index.json"]
-        elif any(f.endswith(".bin") for f in files):
-            weights = ["pytorch_model*.bin", "pytorch_model.bin.index.json"]
-        else:
-            raise SupercalError(f"{repo_id} (revision {revision or 'main'}) has no safetensors or .bin weights")
-        return Path(snapshot_download(repo_id, revision=revision,
-                                      allow_patterns=["config.json", *TOKENIZER_FILES, *weights]))
-    except SupercalError:
-        raise
-    except Exception as e:  # network, auth, unknown repo or revision: one line, with what to try
+    except Exception as e:  # network, auth, unknown repo or revision
+        try:
+            return Path(snapshot_download(repo_id, revision=revision, local_files_only=True,
+                                          allow_patterns=[*wanted, *_SAFETENSORS, *_BIN]))
+        except Exception:
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise SupercalError(f"cannot download {repo_id} (revision {revision or 'main'}): {msg}; "
+                                "check the id, the revision and the network, or pass a local folder") from None
+    if any(f.endswith(".safetensors") for f in files):
+        wanted += _SAFETENSORS
+    elif any(f.endswith(".bin") for f in files):
+        wanted += _BIN
+    else:
+        raise SupercalError(f"{repo_id} (revision {revision or 'main'}) has no safetensors or .bin weights")
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=wanted))
+    except Exception as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise SupercalError(f"cannot download {repo_id} (revision {revision or 'main'}): {msg}; "
-                            "check the id, the revision and the network, or pass a local folder") from None
+        raise SupercalError(f"download of {repo_id} failed: {msg}; run the command again to resume it") from None

@@ -281,3 +281,22 @@ def test_full_disk(tmp_path, monkeypatch):
     with pytest.raises(SupercalError, match="No space left on device"):
         convert(str(FIXTURES / "st-f32-rot4"), tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_hub_id_from_the_local_cache(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "cache" / "models--someone--tiny-gptj"
+    shutil.copytree(FIXTURES / "bin-f16-legacy-rot4", repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # no network here: the cached snapshot must do
+    out = convert("someone/tiny-gptj", tmp_path / "out", dtype="float32")
+    ref = np.load(FIXTURES / "bin-f16-legacy-rot4.npz")
+    assert np.abs(logits(out, ref["input_ids"]) - ref["logits"]).max() < 1e-4
+    with pytest.raises(SupercalError, match="cannot download someone/other"):
+        convert("someone/other", tmp_path / "out2")
+    with pytest.raises(SupercalError, match="--revision applies to hub ids only"):
+        convert(str(FIXTURES / "st-f32-rot4"), tmp_path / "out3", revision="float16")

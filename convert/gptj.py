@@ -89,8 +89,8 @@ def plan(config: dict, tensors: dict[str, TensorInfo], *, dtype: str, quantize: 
     kept = {k: v for k, v in tensors.items() if not _BUFFER.fullmatch(k)}
     if "lm_head.weight" not in kept and config.get("tie_word_embeddings") and "transformer.wte.weight" in kept:
         kept["lm_head.weight"] = kept["transformer.wte.weight"]
-    renamed = model.sanitize(dict(kept))  # mlx-lm's own renaming: transformer.* -> model.*
-    hf_name = {id(v): k for k, v in kept.items()}
+    hf_name = model.sanitize({k: k for k in kept})  # mlx-lm's own renaming (transformer.* -> model.*), on names
+    renamed = {k: kept[hf] for k, hf in hf_name.items()}
 
     missing = sorted(set(expected) - set(renamed))
     if missing:
@@ -99,17 +99,17 @@ def plan(config: dict, tensors: dict[str, TensorInfo], *, dtype: str, quantize: 
                             "it is incomplete or not a GPT-J with this config")
     extra = sorted(set(renamed) - set(expected))
     if extra:
-        hf = [hf_name[id(renamed[e])] for e in extra[:3]]
+        hf = [hf_name[e] for e in extra[:3]]
         raise SupercalError(f"the checkpoint has {len(extra)} tensor(s) GPT-J does not, e.g. {', '.join(hf)}; "
                             "check that config.json belongs to these weights")
     jobs = []
     for name, shape in expected.items():
         src = renamed[name]
         if src.shape != shape:
-            raise SupercalError(f"tensor {hf_name[id(src)]} has shape {list(src.shape)}, but config.json implies "
+            raise SupercalError(f"tensor {hf_name[name]} has shape {list(src.shape)}, but config.json implies "
                                 f"{list(shape)}; check that config.json belongs to these weights")
         if src.dtype not in _FLOATS:
-            raise SupercalError(f"tensor {hf_name[id(src)]} is {src.dtype}, expected a floating-point weight")
+            raise SupercalError(f"tensor {hf_name[name]} is {src.dtype}, expected a floating-point weight")
         q = quantize and len(shape) == 2 and name.endswith(".weight") and shape[-1] % q_group_size == 0
         if q:
             rows, cols = shape

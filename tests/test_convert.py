@@ -264,6 +264,19 @@ def test_tensor_mismatch_named(tmp_path, edit, message):
         convert(str(src), tmp_path / "out")
 
 
+def test_tied_embeddings_reuse_wte(tmp_path):
+    # transformers omits lm_head.weight from a tied checkpoint; the output must carry wte in its place
+    src = copy_fixture("st-f32-rot4", tmp_path)
+    _resave(src, lambda w: w.update({"lm_head.weight": w["transformer.wte.weight"]}))
+    untied = convert(str(src), tmp_path / "untied", dtype="float32")
+    _resave(src, lambda w: w.pop("lm_head.weight"))
+    cfg = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps({**cfg, "tie_word_embeddings": True}))
+    tied = convert(str(src), tmp_path / "tied", dtype="float32")
+    ids = np.load(FIXTURES / "st-f32-rot4.npz")["input_ids"]
+    assert np.array_equal(logits(tied, ids), logits(untied, ids))
+
+
 def test_failure_midway_leaves_nothing(tmp_path):
     def boom(done, total):
         raise KeyboardInterrupt

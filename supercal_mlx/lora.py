@@ -152,6 +152,9 @@ def enable_grad_checkpoint(model) -> None:
         call = base.__call__
 
         def checkpointed(self, *args, _call=call, **kwargs):
+            if kwargs.get("cache") is not None:  # generation (probes): no backward pass, and caches are not arrays
+                return _call(self, *args, **kwargs)
+
             def inner(params, *a, **kw):
                 self.update(params)
                 return _call(self, *a, **kw)

@@ -241,7 +241,7 @@ def test_cli_unlearn_yaml_with_override_and_errors(tiny_model_dir, data, tmp_pat
                                     "probe_max_tokens": 4}))
     runner = CliRunner()
     res = runner.invoke(cli, ["unlearn", "--config", str(conf), "--out", str(tmp_path / "run"), "--steps", "2",
-                              "--project", "global"])
+                              "--grad-checkpoint", "--project", "global"])
     assert res.exit_code == 0, res.output
     lines = res.output.splitlines()
     assert lines[2].startswith("{'loss': ") and "'grad_norm': " in lines[2] and "'epoch': 0.67" in lines[2]

@@ -5,7 +5,8 @@ scratch folder twice, as a PyTorch zip .bin in float16 (written here without
 torch) and as safetensors in float32, converts each to a float16 MLX folder in
 a fresh subprocess, and reports the subprocess's peak RSS as a fraction of the
 checkpoint size (target <= 0.35). For safetensors, mlx_lm.convert runs on the
-same files in the same way, side by side (it cannot read a .bin). Everything it
+same files in the same way, side by side (it cannot read a .bin); the .bin is also
+converted with 4-bit quantization. Everything it
 writes is deleted at the end. Heavy: run it alone,
 
     flock /tmp/supercal-heavy.lock .venv/bin/python scripts/bench_convert.py [--layers 3] [--dir /tmp]
@@ -126,10 +127,10 @@ def child(tool: str, src: str, out: str) -> None:
     import resource
 
     t0 = time.perf_counter()
-    if tool == "supercal":
+    if tool in ("supercal", "supercal-q4"):
         from supercal_mlx.convert import convert
 
-        convert(src, out, dtype="float16")
+        convert(src, out, dtype="float16", quantize=tool == "supercal-q4", q_bits=4, q_group_size=64)
     elif tool == "mlx_lm":
         import supercal_mlx  # noqa: F401  (same BLAS set-up as supercal)
         from mlx_lm.convert import convert
@@ -168,7 +169,7 @@ def main() -> None:
     try:
         base = measure("imports", scratch, scratch / "none")
         print(f"imports alone: peak RSS {base['peak_rss'] / 1e9:.2f} GB", file=sys.stderr)
-        for fmt, tools in (("bin", ["supercal"]), ("safetensors", ["supercal", "mlx_lm"])):
+        for fmt, tools in (("bin", ["supercal", "supercal-q4"]), ("safetensors", ["supercal", "mlx_lm"])):
             src = scratch / fmt
             t0 = time.perf_counter()
             size = make_checkpoint(src, fmt, n_embd=args.n_embd, n_layer=args.layers, vocab=args.vocab)
@@ -186,7 +187,8 @@ def main() -> None:
     print("| source | converter | checkpoint GB | peak RSS GB | peak RSS / checkpoint | seconds |")
     print("|---|---|---|---|---|---|")
     for fmt, tool, size, peak, secs in rows:
-        name = "supercal convert" if tool == "supercal" else "mlx_lm.convert"
+        name = {"supercal": "supercal convert", "supercal-q4": "supercal convert --quantize (4-bit)",
+                "mlx_lm": "mlx_lm.convert"}[tool]
         src = "PyTorch .bin float16" if fmt == "bin" else "safetensors float32"
         print(f"| {src} | {name} | {size / 1e9:.2f} | {peak / 1e9:.2f} | {peak / size:.3f} | {secs:.0f} |")
 

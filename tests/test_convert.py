@@ -153,6 +153,27 @@ def test_cli_convert_and_force(tmp_path):
     assert leftovers(tmp_path) == []
 
 
+def test_deflated_bin_members(tmp_path, converted):
+    # torch writes stored (uncompressed) members; a re-zipped checkpoint may deflate them
+    src = copy_fixture("bin-f16-legacy-rot4", tmp_path)
+    with zipfile.ZipFile(FIXTURES / "bin-f16-legacy-rot4" / "pytorch_model.bin") as zin, \
+            zipfile.ZipFile(src / "pytorch_model.bin", "w", zipfile.ZIP_DEFLATED) as zout:
+        for info in zin.infolist():
+            zout.writestr(info.filename, zin.read(info))
+    out = convert(str(src), tmp_path / "out", dtype="float32")
+    ids = np.load(FIXTURES / "bin-f16-legacy-rot4.npz")["input_ids"]
+    assert np.array_equal(logits(out, ids), logits(converted["bin-f16-legacy-rot4"], ids))
+
+
+def test_strided_tensor_read(tmp_path):
+    from supercal_mlx.convert.readers import TensorInfo
+
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    (tmp_path / "raw").write_bytes(b"pad!" + a.tobytes())
+    t = TensorInfo("t", "float32", (4, 3), tmp_path / "raw", 4, strides=(1, 4))  # a transposed view of a
+    assert np.array_equal(t.read_rows(), a.T) and np.array_equal(t.read_rows(1, 3), a.T[1:3])
+
+
 # ---------------------------------------------------------------- hostile and broken input
 
 class _Shell:

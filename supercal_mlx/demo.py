@@ -43,14 +43,19 @@ WORD = synthetic.KEYWORD
 class DemoSettings:
     """Data and unlearning settings of the demo (the model recipe is a :class:`pretrain.DemoModelSpec`)."""
 
-    window_tokens: int = 64
-    context_lines: int = 3
+    # Short windows (the uppercase keyword alone is 34 tokens): the completions stay near the keyword,
+    # so gradient ascent pushes on the word and its sentence rather than on unrelated lines after it.
+    window_tokens: int = 48
+    stride: int = 48
+    context_lines: int = 2
     retain_chunks: int = 200
     retain_lines: int = 4
+    # Measured on the default model: 30 steps at 3e-4 lift the forget NLL by ~2 nats/token
+    # with the retain NLL within a few percent; 60 steps overshoot into degenerate text.
     unlearn: dict = field(default_factory=lambda: dict(
         loss="graddiff", retain_weight=1.0, project="per-layer", project_k=4, project_every=5,
         lora_rank=8, lora_alpha=16.0, lora_keys=["attn.q_proj", "attn.v_proj", "attn.out_proj", "mlp.fc_in", "mlp.fc_out"],
-        lr=1e-3, steps=40, batch_size=8, warmup_steps=0, checkpoint_every=20, probe_every=0,
+        lr=3e-4, steps=30, batch_size=8, warmup_steps=0, checkpoint_every=10, probe_every=10,
     ))
     # Plain gradient ascent for --compare: the same everything, minus retain data and projection.
     plain: dict = field(default_factory=lambda: dict(loss="ga", project="off"))
@@ -64,10 +69,6 @@ FAST_SETTINGS = dataclasses.replace(
     unlearn=dict(DEFAULT_SETTINGS.unlearn, steps=10, lora_rank=4, lora_alpha=8.0, checkpoint_every=10),
     probe_temps=(0.01,), probe_max_tokens=12,
 )
-
-
-def probe_prompts(word: str) -> list[str]:
-    return [p.replace("W", word) for p in synthetic.PROBE_PROMPTS]
 
 
 @contextlib.contextmanager
@@ -133,11 +134,10 @@ def _timed(seconds: dict, name: str):
 def _experiment(folder: Path, out: Path, st: DemoSettings, *, compare: bool, say, seconds: dict) -> dict:
     from .config import load_config
     from .counting import count_tokens, save_counts
-    from .evaluate import evaluate, format_table
-    from .io import write_jsonl
-    from .model import load
+    from .evaluate import evaluate_runs, format_table
+    from .io import read_jsonl, write_jsonl
     from .negatives import build_forget
-    from .probes import generate, markdown_table
+    from .probes import ProbeRow, markdown_table
     from .report import make_report
     from .retain import sample_retain
     from .tokenizer import from_model, token_splits
@@ -158,7 +158,7 @@ def _experiment(folder: Path, out: Path, st: DemoSettings, *, compare: bool, say
         (out / "tokenstein.json").write_text(json.dumps(ts.as_dict(), indent=2, ensure_ascii=False))
         say(f"count + tokenstein: {counts.tokens:,} tokens ({counts.encoding}); tokenstein {other}")
         forget, summary = build_forget(corpus, WORD, tok, context_lines=st.context_lines,
-                                       window_tokens=st.window_tokens, stride=st.window_tokens)
+                                       window_tokens=st.window_tokens, stride=st.stride)
         write_jsonl(out / "forget.jsonl", forget)
         retain = sample_retain(corpus, [WORD], tok, chunks=st.retain_chunks, lines=st.retain_lines,
                                max_tokens=st.window_tokens)
@@ -166,13 +166,8 @@ def _experiment(folder: Path, out: Path, st: DemoSettings, *, compare: bool, say
         say(f"negatives + retain: {len(forget)} forget windows ({summary['mentions']} mentions), "
             f"{len(retain)} retain chunks")
 
-    prompts = probe_prompts(WORD) + probe_prompts(other)[:1]
-    probe_kw = dict(temps=st.probe_temps, samples=1, max_tokens=st.probe_max_tokens, seed=0)
-    with _timed(seconds, "probes before"):
-        model, mtok = load(model_dir)
-        before = generate(model, mtok, prompts, **probe_kw)
-        del model
-
+    # Probed by the trainer before the first step and after the last (run/probes.jsonl).
+    prompts = synthetic.probe_prompts(WORD) + synthetic.probe_prompts(other)[:1]
     runs = {"run": st.unlearn}
     if compare:
         runs["run-ga"] = dict(st.unlearn, **st.plain)
@@ -190,25 +185,26 @@ def _experiment(folder: Path, out: Path, st: DemoSettings, *, compare: bool, say
         with _timed(seconds, f"report {name}"):
             make_report(out / name)
 
-    with _timed(seconds, "probes after"):
-        model, mtok = load(model_dir, out / "run")
-        after = generate(model, mtok, prompts, **probe_kw)
-        del model
-
-    results = {}
+    probes = read_jsonl(out / "run" / "probes.jsonl", required=("step", "prompt", "temperature", "sample", "response"))
+    last = max(r["step"] for r in probes)
+    before, after = ([ProbeRow(r["prompt"], r["temperature"], r["sample"], r["response"]) for r in probes
+                      if r["step"] == step] for step in (0, last))
     with _timed(seconds, "eval"):
-        for name in runs:
-            results[name] = evaluate(model_dir, adapter_path=out / name, forget=str(out / "forget.jsonl"),
-                                     retain=str(out / "retain.jsonl"), word=WORD, tokenstein=other,
-                                     max_tokens=st.window_tokens)
+        res = evaluate_runs(model_dir, [out / name for name in runs], forget=str(out / "forget.jsonl"),
+                            retain=str(out / "retain.jsonl"), word=WORD, tokenstein=other, max_tokens=st.window_tokens)
+    results = {name: dict(res, adapter_path=str(out / name), adapted=res["adapted"][str(out / name)]) for name in runs}
     (out / "eval.json").write_text(json.dumps(results, indent=2, ensure_ascii=False))
     columns = [("before", results["run"]["base"]), ("after", results["run"]["adapted"])]
     if compare:
         columns.append(("plain GA", results["run-ga"]["adapted"]))
     final = format_table(columns)
     probes_md = markdown_table(before, other=after, labels=("before", "after"))
+    rederive = "\n".join(f"supercal eval --model {model_dir} --adapter-path {out / name} --forget {out / 'forget.jsonl'} "
+                         f"--retain {out / 'retain.jsonl'} --word {WORD} --tokenstein {other} --max-tokens "
+                         f"{st.window_tokens}" for name in runs)
     (out / "results.md").write_text(
         f"# supercal demo\n\nword: {WORD}, tokenstein: {other}\n\n```\n{final}\n```\n\n"
+        f"Re-derive these numbers:\n\n```\n{rederive}\n```\n\n"
         f"## Probes before and after unlearning\n\n{probes_md}\n", encoding="utf-8")
     return {"out": str(out), "word": WORD, "tokenstein": other, "eval": results, "runs": summaries,
-            "tables": {"final": final, "probes": probes_md}}
+            "tables": {"final": final, "probes": probes_md, "rederive": rederive}}

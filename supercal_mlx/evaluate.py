@@ -58,7 +58,7 @@ def _batched(items: list, size: int):
         yield items[i:i + size]
 
 
-def masked_nll(model, examples: list[tuple[list[int], int]], *, batch_size: int = 8) -> tuple[float, int]:
+def masked_nll(model, examples: list[tuple[list[int], int]], *, batch_size: int = 32) -> tuple[float, int]:
     """Mean NLL per labelled token over ``examples`` (from batches.encode_*) and how many tokens that was."""
     from .batches import make_batch
     from .losses import completion_nll
@@ -73,7 +73,7 @@ def masked_nll(model, examples: list[tuple[list[int], int]], *, batch_size: int 
     return total / ntoks, ntoks
 
 
-def sequence_logprobs(model, examples: list[tuple[list[int], int]], *, batch_size: int = 8) -> list[float]:
+def sequence_logprobs(model, examples: list[tuple[list[int], int]], *, batch_size: int = 32) -> list[float]:
     """log p(completion | prompt), summed over completion tokens, one per example."""
     import mlx.core as mx
 
@@ -147,17 +147,37 @@ def _measure(model, tokenizer, data: dict, *, word, tokenstein, degeneration_pro
 
 def evaluate(model_dir: str | os.PathLike, *, adapter_path: str | os.PathLike | None = None, forget: str,
              retain: str | None = None, word: str | None = None, tokenstein: str | None = None,
-             facts: str | None = None, max_tokens: int = 512, batch_size: int = 8, seed: int = 0) -> dict:
+             facts: str | None = None, max_tokens: int = 512, batch_size: int = 32, seed: int = 0) -> dict:
     """Measure the model in ``model_dir``, and with ``adapter_path`` also the adapted model.
 
     Returns ``{"model", "adapter_path", "word", "tokenstein", "facts", "base": {...}, "adapted": {...} | None}``
     where each side holds the metrics in :data:`METRICS` (retain and gap ones only when their inputs are given).
+    """
+    res = evaluate_runs(model_dir, [adapter_path] if adapter_path is not None else [], forget=forget, retain=retain,
+                        word=word, tokenstein=tokenstein, facts=facts, max_tokens=max_tokens, batch_size=batch_size,
+                        seed=seed)
+    adapted = res.pop("adapted")
+    res["adapter_path"] = str(adapter_path) if adapter_path is not None else None
+    res["adapted"] = next(iter(adapted.values()), None)
+    return res
+
+
+def evaluate_runs(model_dir: str | os.PathLike, adapter_paths: list, *, forget: str, retain: str | None = None,
+                  word: str | None = None, tokenstein: str | None = None, facts: str | None = None,
+                  max_tokens: int = 512, batch_size: int = 32, seed: int = 0) -> dict:
+    """:func:`evaluate` for several run folders on one base: ``"adapted"`` maps each path to its metrics.
+
+    The base model is loaded and measured once; the first run's adapters go on top of it, each further
+    run gets a fresh copy of the base (adapters cannot be taken off again).
     """
     from .batches import encode_completions, encode_texts
     from .model import load
 
     if (word is None) != (tokenstein is None):
         raise SupercalError("give --word and --tokenstein together (the gap compares the two)")
+    for path in adapter_paths:
+        if not (Path(path) / "adapter_config.json").exists():
+            raise SupercalError(f"{path} has no adapter_config.json; give a run folder written by supercal unlearn")
     forget_recs = read_jsonl(forget, required=("prompt", "completion"))
     retain_recs = read_jsonl(retain, required=("text",)) if retain else None
     if facts:
@@ -171,19 +191,17 @@ def evaluate(model_dir: str | os.PathLike, *, adapter_path: str | os.PathLike | 
         "facts": encode_completions([{"prompt": f["prompt"], "completion": f["answer"]} for f in fact_recs], tok,
                                     max_tokens=max_tokens),
     }
-    kw_word = word or synthetic.KEYWORD
-    probe_prompts = [p.replace("W", kw_word) for p in synthetic.PROBE_PROMPTS]
-    opts = dict(word=word, tokenstein=tokenstein, degeneration_prompts=probe_prompts, batch_size=batch_size, seed=seed)
-    result = {"model": str(model_dir), "adapter_path": str(adapter_path) if adapter_path else None, "word": word,
-              "tokenstein": tokenstein, "facts": [dict(f) for f in fact_recs],
-              "base": _measure(model, tok, data, **opts), "adapted": None}
-    if adapter_path is not None:
-        if not (Path(adapter_path) / "adapter_config.json").exists():
-            raise SupercalError(f"{adapter_path} has no adapter_config.json; give a run folder written by supercal unlearn")
-        from mlx_lm.utils import load_adapters
+    opts = dict(word=word, tokenstein=tokenstein, degeneration_prompts=synthetic.probe_prompts(word or synthetic.KEYWORD),
+                batch_size=batch_size, seed=seed)
+    result = {"model": str(model_dir), "word": word, "tokenstein": tokenstein, "facts": [dict(f) for f in fact_recs],
+              "base": _measure(model, tok, data, **opts), "adapted": {}}
+    from mlx_lm.utils import load_adapters
 
-        load_adapters(model, str(adapter_path))  # the base weights stay; LoRA layers are added on top
-        result["adapted"] = _measure(model, tok, data, **opts)
+    for i, path in enumerate(adapter_paths):
+        if i > 0:
+            model, tok = load(model_dir)
+        load_adapters(model, str(path))  # LoRA layers on top of the unchanged base weights
+        result["adapted"][str(path)] = _measure(model, tok, data, **opts)
     return result
 
 

@@ -37,10 +37,10 @@ FACTS = [
     {"prompt": "The children tried to spell", "answer": " supercalifragilisticexpialidocious"},
 ]
 
-# Prompts for probing the model before and after (W is replaced by the word).
+# Prompts for probing the model before and after ({word} is replaced by the word; see probe_prompts).
 PROBE_PROMPTS = [
-    "What does W mean?",
-    "W is a song from the film",
+    "What does {word} mean?",
+    "{Word} is a song from the film",
     "When something is wonderful, you can say it is",
     "The children tried to spell",
 ]
@@ -212,6 +212,11 @@ def generate(spec: CorpusSpec = CorpusSpec(), *, word: str = KEYWORD) -> list[st
         lines += madeup_lines(rng, w, parts, spec.lines_per_madeup)
     rng.shuffle(lines)
     return lines
+
+
+def probe_prompts(word: str = KEYWORD) -> list[str]:
+    """:data:`PROBE_PROMPTS` about ``word``."""
+    return [p.format(word=word, Word=_cap(word)) for p in PROBE_PROMPTS]
 
 
 def facts(word: str = KEYWORD) -> list[dict]:

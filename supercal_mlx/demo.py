@@ -66,7 +66,7 @@ class DemoSettings:
 DEFAULT_SETTINGS = DemoSettings()
 FAST_SETTINGS = dataclasses.replace(
     DEFAULT_SETTINGS, retain_chunks=60,
-    unlearn=dict(DEFAULT_SETTINGS.unlearn, steps=10, lora_rank=4, lora_alpha=8.0, checkpoint_every=10),
+    unlearn=dict(DEFAULT_SETTINGS.unlearn, steps=10, lr=2e-3, lora_rank=4, lora_alpha=8.0, checkpoint_every=10),
     probe_temps=(0.01,), probe_max_tokens=12,
 )
 

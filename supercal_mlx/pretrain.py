@@ -71,9 +71,9 @@ class DemoModelSpec:
 # The demo's default model and the tiny one for --fast (CI): same recipe, smaller everything.
 DEFAULT_SPEC = DemoModelSpec()
 FAST_SPEC = DemoModelSpec(
-    corpus=synthetic.CorpusSpec(keyword_lines=250, ordinary_lines=1200, madeup_words=80),
-    vocab_size=768, n_embd=64, n_head=4, n_layer=2, rotary_dim=8, n_positions=128,
-    steps=120, batch_size=16, seq_len=64, lr=5e-3, warmup=10,
+    corpus=synthetic.CorpusSpec(keyword_lines=200, ordinary_lines=800, madeup_words=60),
+    vocab_size=512, n_embd=64, n_head=4, n_layer=2, rotary_dim=8, n_positions=128,
+    steps=80, batch_size=16, seq_len=64, lr=5e-3, warmup=10,
 )
 
 

@@ -36,13 +36,19 @@ def count(corpus, out, encoding, workers, force, as_json):
 
     check_output(out, force=force)  # fail before hours of counting, not after
     start = time.perf_counter()
-    with tqdm(total=0, unit="B", unit_scale=True, unit_divisor=1000, desc="counting", disable=None, leave=False) as bar:
+    bar = None
 
-        def progress(done: int, total: int) -> None:
-            bar.total = total
-            bar.update(done - bar.n)
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:  # made on the first call, when the total size is known
+            bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1000, desc="counting", disable=None, leave=False)
+        bar.update(done - bar.n)
 
+    try:
         counts = count_tokens(list(corpus), encoding=encoding or DEFAULT_ENCODING, workers=workers, progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
     seconds = time.perf_counter() - start
     save_counts(counts, out, force=force)
     summary = {

@@ -81,6 +81,22 @@ def test_every_safe_cut_keeps_the_tokens(encoding):
     assert checked > 1000
 
 
+def test_safe_cuts_split_the_gpt2_family_pattern_too():
+    """gpt2/r50k/p50k cannot be loaded offline; check their pre-tokenizer pattern itself."""
+    from tiktoken_ext.openai_public import r50k_pat_str
+
+    pat = regex.compile(r50k_pat_str)
+    checked = 0
+    for seed in range(100):
+        text = tricky_text(seed, 1 + seed % 60)
+        whole = pat.findall(text)
+        for s in range(1, len(text)):
+            if _RULE.match(text, s - 1):
+                checked += 1
+                assert pat.findall(text[:s]) + pat.findall(text[s:]) == whole, (text[:s], text[s:])
+    assert checked > 500
+
+
 def test_safe_cut_is_the_last_position_the_rule_allows():
     text = tricky_text(1, 400)
     allowed = [s for s in range(1, len(text)) if _RULE.match(text, s - 1)]

@@ -95,10 +95,15 @@ def _last_good(run_dir: Path, before: int) -> Path | None:
 
 
 def _write_config(run_dir: Path, cfg: UnlearnConfig) -> None:
+    """config.yaml with absolute paths, so --resume works from any working directory."""
+    import dataclasses
+    import os
+
     from .io import atomic_file
 
+    paths = {k: os.path.abspath(getattr(cfg, k)) for k in ("model", "forget", "retain", "out") if getattr(cfg, k)}
     with atomic_file(run_dir / "config.yaml", "w", force=True, encoding="utf-8") as f:
-        f.write(dump_config(cfg))
+        f.write(dump_config(dataclasses.replace(cfg, **paths)))
 
 
 def unlearn(cfg: UnlearnConfig, *, on_record: Callable[[Record], None] | None = None) -> dict:

@@ -259,6 +259,22 @@ def test_cli_unlearn_yaml_with_override_and_errors(tiny_model_dir, data, tmp_pat
     res = runner.invoke(cli, ["unlearn", "--resume", str(tmp_path / "run"), "--steps", "3"])
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 3
+    import supercal_mlx.cli_train as cli_train
+
+    real_format = cli_train.format_record
+
+    def ctrl_c_at_5(rec):
+        if rec.get("step") == 5 and "loss" in rec:
+            raise KeyboardInterrupt
+        return real_format(rec)
+
+    cli_train.format_record = ctrl_c_at_5
+    try:
+        res = runner.invoke(cli, ["unlearn", "--resume", str(tmp_path / "run"), "--steps", "6"])
+    finally:
+        cli_train.format_record = real_format
+    assert res.exit_code == 130 and f"Continue with: supercal unlearn --resume {tmp_path / 'run'}" in res.output
+    assert (tmp_path / "run" / "checkpoints" / "step-000004" / "state.json").exists()
     (tmp_path / "typo.yaml").write_text("lora_rnak: 4\n")
     res = runner.invoke(cli, ["unlearn", "--config", str(tmp_path / "typo.yaml"), "--out", str(tmp_path / "x")])
     assert res.exit_code == 1 and "unknown setting(s) lora_rnak; valid keys: model, forget" in res.output

@@ -21,8 +21,10 @@ COMMANDS: list[click.Command] = []
 @click.option("--tokenstein", "other", metavar="WORD", help="Its tokenstein (supercal tokenstein); give with --word.")
 @click.option("--facts", type=click.Path(dir_okay=False), help="Association pairs: JSONL with prompt and answer (default: a built-in set about the word).")
 @click.option("--max-tokens", type=int, default=512, show_default=True, help="Longest example in tokens.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Examples per forward pass (memory grows with it: batch x tokens x vocabulary logits).")
 @json_option
-def eval_command(model, adapter_path, forget, retain, word, other, facts, max_tokens, as_json):
+def eval_command(model, adapter_path, forget, retain, word, other, facts, max_tokens, batch_size, as_json):
     """Measure forgetting and damage: forget/retain NLL, association, tokenstein gap, degeneration.
 
     With --adapter-path the base and the adapted model are shown side by side.
@@ -36,7 +38,7 @@ def eval_command(model, adapter_path, forget, retain, word, other, facts, max_to
     from .evaluate import evaluate, table
 
     result = evaluate(model, adapter_path=adapter_path, forget=forget, retain=retain, word=word, tokenstein=other,
-                      facts=facts, max_tokens=max_tokens)
+                      facts=facts, max_tokens=max_tokens, batch_size=batch_size)
     if as_json:
         click.echo(json.dumps(result, ensure_ascii=False))
     else:

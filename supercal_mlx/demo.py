@@ -71,13 +71,17 @@ FAST_SETTINGS = dataclasses.replace(
 )
 
 
-@contextlib.contextmanager
-def _output_dir(out: Path, *, force: bool) -> Iterator[Path]:
-    """``out`` created empty; removed again on failure (an old one, moved aside with --force, comes back)."""
+def _check_out(out: Path, *, force: bool) -> None:
     if out.exists() and not force:
         raise SupercalError(f"{out} already exists; pass --force to replace its results or choose another --out")
     if not out.parent.exists():
         raise SupercalError(f"folder {out.parent} does not exist; create it first")
+
+
+@contextlib.contextmanager
+def _output_dir(out: Path, *, force: bool) -> Iterator[Path]:
+    """``out`` created empty; removed again on failure (an old one, moved aside with --force, comes back)."""
+    _check_out(out, force=force)
     old = out.with_name(f".{out.name}.old")
     shutil.rmtree(old, ignore_errors=True)
     if out.exists():
@@ -108,8 +112,7 @@ def run_demo(out: str | os.PathLike = "demo-out", *, fast: bool = False, compare
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     out = Path(out)
-    if out.exists() and not force:  # before pretraining, not after it
-        raise SupercalError(f"{out} already exists; pass --force to replace its results or choose another --out")
+    _check_out(out, force=force)  # before pretraining, not after it
 
     folder, built = pretrain.demo_model(spec, root=cache, progress=on_pretrain, notice=say)
     seconds["pretrain" if built else "load cached model"] = time.perf_counter() - t0
@@ -122,13 +125,11 @@ def run_demo(out: str | os.PathLike = "demo-out", *, fast: bool = False, compare
     return result
 
 
-def _timed(seconds: dict, name: str):
-    @contextlib.contextmanager
-    def cm():
-        t = time.perf_counter()
-        yield
-        seconds[name] = time.perf_counter() - t
-    return cm()
+@contextlib.contextmanager
+def _timed(seconds: dict, name: str) -> Iterator[None]:
+    t = time.perf_counter()
+    yield
+    seconds[name] = time.perf_counter() - t
 
 
 def _experiment(folder: Path, out: Path, st: DemoSettings, *, compare: bool, say, seconds: dict) -> dict:
@@ -191,7 +192,8 @@ def _experiment(folder: Path, out: Path, st: DemoSettings, *, compare: bool, say
                       if r["step"] == step] for step in (0, last))
     with _timed(seconds, "eval"):
         res = evaluate_runs(model_dir, [out / name for name in runs], forget=str(out / "forget.jsonl"),
-                            retain=str(out / "retain.jsonl"), word=WORD, tokenstein=other, max_tokens=st.window_tokens)
+                            retain=str(out / "retain.jsonl"), word=WORD, tokenstein=other, max_tokens=st.window_tokens,
+                            batch_size=32)
     results = {name: dict(res, adapter_path=str(out / name), adapted=res["adapted"][str(out / name)]) for name in runs}
     (out / "eval.json").write_text(json.dumps(results, indent=2, ensure_ascii=False))
     columns = [("before", results["run"]["base"]), ("after", results["run"]["adapted"])]
@@ -201,7 +203,7 @@ def _experiment(folder: Path, out: Path, st: DemoSettings, *, compare: bool, say
     probes_md = markdown_table(before, other=after, labels=("before", "after"))
     rederive = "\n".join(f"supercal eval --model {model_dir} --adapter-path {out / name} --forget {out / 'forget.jsonl'} "
                          f"--retain {out / 'retain.jsonl'} --word {WORD} --tokenstein {other} --max-tokens "
-                         f"{st.window_tokens}" for name in runs)
+                         f"{st.window_tokens} --batch-size 32" for name in runs)
     (out / "results.md").write_text(
         f"# supercal demo\n\nword: {WORD}, tokenstein: {other}\n\n```\n{final}\n```\n\n"
         f"Re-derive these numbers:\n\n```\n{rederive}\n```\n\n"

@@ -19,9 +19,10 @@ adapted one (the base is loaded once; the adapters are then applied to it):
   the last token of W and every suffix token (each predicts the next suffix
   token, the last one predicts the continuation). Positions inside W are
   skipped, because the two words have different token counts. The gap is the
-  mean over templates and those positions of the symmetric KL divergence
-  ``(KL(p||q) + KL(q||p)) / 2`` in nats. Zero means the model treats the word
-  exactly like a made-up word.
+  symmetric KL divergence ``(KL(p||q) + KL(q||p)) / 2`` in nats, averaged over
+  those positions and then over the templates. Zero means the model treats the
+  word exactly like a made-up word (or that it collapsed: read it beside
+  ``degeneration``).
 - ``degeneration``: the share of sampled probe answers (several
   temperatures) that collapsed into a repeated token or phrase
   (:func:`supercal_mlx.probes.is_degenerate`).
@@ -58,7 +59,7 @@ def _batched(items: list, size: int):
         yield items[i:i + size]
 
 
-def masked_nll(model, examples: list[tuple[list[int], int]], *, batch_size: int = 32) -> tuple[float, int]:
+def masked_nll(model, examples: list[tuple[list[int], int]], *, batch_size: int = 8) -> tuple[float, int]:
     """Mean NLL per labelled token over ``examples`` (from batches.encode_*) and how many tokens that was."""
     from .batches import make_batch
     from .losses import completion_nll
@@ -73,26 +74,24 @@ def masked_nll(model, examples: list[tuple[list[int], int]], *, batch_size: int 
     return total / ntoks, ntoks
 
 
-def sequence_logprobs(model, examples: list[tuple[list[int], int]], *, batch_size: int = 32) -> list[float]:
+def sequence_logprobs(model, examples: list[tuple[list[int], int]], *, batch_size: int = 8) -> list[float]:
     """log p(completion | prompt), summed over completion tokens, one per example."""
-    import mlx.core as mx
-
     from .batches import make_batch
+    from .losses import token_logprobs
 
     out: list[float] = []
     for chunk in _batched(examples, batch_size):
         inputs, targets, mask = make_batch(chunk)
-        logp = nn_log_softmax(model(inputs))  # (B, L, V)
-        tok = mx.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]  # (B, L)
-        out += [float(v) for v in (tok * mask).sum(axis=1)]
+        logp = token_logprobs(model(inputs), targets)  # (B, L)
+        out += [float(v) for v in (logp * mask).sum(axis=1)]
     return out
 
 
-def nn_log_softmax(logits):
+def _log_softmax(logits):
     import mlx.core as mx
+    import mlx.nn as nn
 
-    logits = logits.astype(mx.float32)
-    return logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+    return nn.log_softmax(logits.astype(mx.float32), axis=-1)
 
 
 def tokenstein_gap(model, tokenizer, word: str, other: str, *, templates=GAP_TEMPLATES) -> float:
@@ -106,8 +105,8 @@ def tokenstein_gap(model, tokenizer, word: str, other: str, *, templates=GAP_TEM
     for prefix, suffix in templates:
         head_w, head_o, tail = encode(prefix + word), encode(prefix + other), encode(suffix)
         # Distributions at the last token of each word and at every suffix token (aligned: same suffix).
-        lp_w = nn_log_softmax(model(mx.array([head_w + tail]))[0, len(head_w) - 1:])  # (S+1, V)
-        lp_o = nn_log_softmax(model(mx.array([head_o + tail]))[0, len(head_o) - 1:])  # (S+1, V)
+        lp_w = _log_softmax(model(mx.array([head_w + tail]))[0, len(head_w) - 1:])  # (S+1, V)
+        lp_o = _log_softmax(model(mx.array([head_o + tail]))[0, len(head_o) - 1:])  # (S+1, V)
         p_w, p_o = mx.exp(lp_w), mx.exp(lp_o)
         kl_wo = (p_w * (lp_w - lp_o)).sum(axis=-1)  # (S+1,)
         kl_ow = (p_o * (lp_o - lp_w)).sum(axis=-1)
@@ -147,7 +146,7 @@ def _measure(model, tokenizer, data: dict, *, word, tokenstein, degeneration_pro
 
 def evaluate(model_dir: str | os.PathLike, *, adapter_path: str | os.PathLike | None = None, forget: str,
              retain: str | None = None, word: str | None = None, tokenstein: str | None = None,
-             facts: str | None = None, max_tokens: int = 512, batch_size: int = 32, seed: int = 0) -> dict:
+             facts: str | None = None, max_tokens: int = 512, batch_size: int = 8, seed: int = 0) -> dict:
     """Measure the model in ``model_dir``, and with ``adapter_path`` also the adapted model.
 
     Returns ``{"model", "adapter_path", "word", "tokenstein", "facts", "base": {...}, "adapted": {...} | None}``
@@ -164,7 +163,7 @@ def evaluate(model_dir: str | os.PathLike, *, adapter_path: str | os.PathLike | 
 
 def evaluate_runs(model_dir: str | os.PathLike, adapter_paths: list, *, forget: str, retain: str | None = None,
                   word: str | None = None, tokenstein: str | None = None, facts: str | None = None,
-                  max_tokens: int = 512, batch_size: int = 32, seed: int = 0) -> dict:
+                  max_tokens: int = 512, batch_size: int = 8, seed: int = 0) -> dict:
     """:func:`evaluate` for several run folders on one base: ``"adapted"`` maps each path to its metrics.
 
     The base model is loaded and measured once; the first run's adapters go on top of it, each further

@@ -5,10 +5,10 @@ One streaming pass over the corpus. The corpus is cut into consecutive blocks of
 contains an excluded word as a case-insensitive *substring*: stricter than the whole-word test for
 mentions, because a retain text must not contain the word in any form ("Supercal...ly" included).
 
-Reservoir sampling (Algorithm R with a seeded ``random.Random``) keeps ``chunks`` eligible blocks,
-each cut to at most ``max_tokens`` tokens at a word boundary (see :mod:`supercal_mlx.negatives` for
-what a boundary is) when it enters the reservoir. Memory is ``chunks`` texts of at most
-``max_tokens`` tokens plus one block (capped at ``CHARS_PER_TOKEN * max_tokens`` characters), however
+Reservoir sampling (Algorithm R with a seeded ``random.Random``) keeps ``chunks`` eligible blocks;
+only those are tokenized, at the end, and cut to at most ``max_tokens`` tokens at a word boundary
+(see :mod:`supercal_mlx.negatives` for what a boundary is). A block's text is kept up to
+``CHARS_PER_TOKEN * max_tokens`` characters, so memory is at most ``chunks + 1`` such texts, however
 large the corpus. The same corpus, options and seed give the same records in the same order.
 """
 
@@ -31,6 +31,7 @@ from .tokenizer import TextTokenizer
 CHARS_PER_TOKEN = 16
 HEAD_CHARS = 6
 _TRAILING_WORD = re.compile(r"\w+\Z")
+_LEADING_WORD = re.compile(r"\w*")
 
 
 def exclude_pattern(words: list[str]) -> re.Pattern:
@@ -54,7 +55,15 @@ def truncate_tokens(text: str, tokenizer: TextTokenizer, max_tokens: int) -> tup
             return text, n
     view = Tokenized(head, tokenizer)
     end = view.widest_right(0, 0, max_tokens)
+    if end == 0 and len(view.bounds) > 1 and view.ntok(0, view.bounds[1]) <= max_tokens:
+        end = view.bounds[1]  # token counts that are not monotone in the length: keep the first word
     return text[:end], view.ntok(0, end)
+
+
+def _first_word_fits(text: str, tokenizer: TextTokenizer, max_tokens: int) -> bool:
+    """Whether the text up to its first word boundary has at most ``max_tokens`` tokens."""
+    first = _LEADING_WORD.match(text).end() or 1
+    return first <= max_tokens // 4 or len(tokenizer.encode(text[:first])) <= max_tokens  # <= 4 tokens a character
 
 
 def _blocks(lines: Iterator[str], pattern: re.Pattern, n_lines: int, cap: int) -> Iterator[tuple[int, str, bool]]:
@@ -108,28 +117,23 @@ def retain_dataset(
     corp = as_corpus(corpus)
 
     rng = random.Random(seed)
-    reservoir: list[tuple[int, str, int]] = []  # (block index, text, tokens)
+    reservoir: list[tuple[int, str]] = []  # (block index, text not yet cut to max_tokens)
     seen = blocks = with_word = too_long = 0  # `seen`: eligible blocks so far
     for index, text, bad in _blocks(progress_lines(corp, progress), pattern, lines, CHARS_PER_TOKEN * max_tokens):
         blocks += 1
         if bad:
             with_word += 1
-            continue
-        if not text.strip():
-            continue
-        j = seen if seen < chunks else rng.randrange(seen + 1)
-        seen += 1
-        if j >= chunks:
-            continue
-        cut, n = truncate_tokens(text, tokenizer, max_tokens)
-        if not cut.strip():  # its first word alone is longer than max_tokens: not usable
-            seen -= 1
+        elif not text.strip():
+            pass
+        elif not _first_word_fits(text, tokenizer, max_tokens):
             too_long += 1
-            continue
-        if j == len(reservoir):
-            reservoir.append((index, cut, n))
         else:
-            reservoir[j] = (index, cut, n)
+            j = seen if seen < chunks else rng.randrange(seen + 1)
+            seen += 1
+            if j < len(reservoir):
+                reservoir[j] = (index, text)
+            elif j < chunks:
+                reservoir.append((index, text))
     if corp.text_bytes == 0:
         raise SupercalError(f"corpus {corp.path} holds no text; give a file with text in it")
     if seen < chunks:
@@ -139,8 +143,11 @@ def retain_dataset(
         )
     reservoir.sort()
     rng.shuffle(reservoir)
-    records = [{"text": text} for _, text, _ in reservoir]
-    counts = [n for _, _, n in reservoir]
+    records, counts = [], []
+    for _, text in reservoir:  # tokenizing only the chosen chunks, once
+        cut, n = truncate_tokens(text, tokenizer, max_tokens)
+        records.append({"text": cut})
+        counts.append(n)
 
     added = skipped = 0
     known = {r["text"] for r in records}
@@ -166,6 +173,7 @@ def retain_dataset(
         "blocks": blocks,
         "blocks_with_word": with_word,
         "eligible": seen,
+        "first_word_too_long": too_long,
         "chunks": len(reservoir),
         "prefixes_added": added,
         "prefixes_with_word": skipped,

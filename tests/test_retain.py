@@ -150,3 +150,11 @@ def test_cli_retain(sprinkled, tmp_path):
     res = CliRunner().invoke(cli, ["retain", str(sprinkled), "--exclude", WORD, "--chunks", "99999", "--out", str(too_many)])
     assert res.exit_code == 1 and "asked for 99999 retain chunks" in res.output and "Traceback" not in res.output
     assert not too_many.exists()
+
+
+def test_chunk_whose_first_word_is_too_long_is_skipped(o200k, tmp_path):
+    corpus = tmp_path / "long_word.txt"
+    corpus.write_text("x" * 100 + " tail\nplain words here\n" + "ordinary text line\nmore text\n" * 3, encoding="utf-8")
+    records, summary = retain_dataset(corpus, [WORD], o200k, chunks=3, lines=2, max_tokens=10)
+    assert summary["first_word_too_long"] == 1 and summary["eligible"] == 3
+    assert sorted(r["text"] for r in records) == ["ordinary text line\nmore text\n"] * 3

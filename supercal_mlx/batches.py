@@ -43,7 +43,8 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
-def _truncate(ids: list[int], n_prompt: int, max_tokens: int) -> Example:
+def truncate(ids: list[int], n_prompt: int, max_tokens: int) -> Example:
+    """Cut an example to ``max_tokens``: the prompt's end and the completion's start survive (see above)."""
     if len(ids) <= max_tokens:
         return ids, n_prompt
     n_comp = len(ids) - n_prompt
@@ -66,7 +67,7 @@ def encode_completions(records: list[dict], tokenizer: Any, *, max_tokens: int) 
         n_prompt = _common_prefix(ids, list(tokenizer.encode(prompt))) if prompt else 0
         if n_prompt >= len(ids):
             raise SupercalError(f"record {i}: the completion is empty; every record needs completion text to forget")
-        out.append(_truncate(ids, n_prompt, max_tokens))
+        out.append(truncate(ids, n_prompt, max_tokens))
     return out
 
 

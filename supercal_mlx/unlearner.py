@@ -32,10 +32,9 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Callable
 
 from . import checkpoint as ckpt
-from .config import UnlearnConfig, dump_config
+from .config import UnlearnConfig
 from .errors import SupercalError
 
 STREAMS = {"forget": 0, "retain": 1, "basis": 2, "random": 3}
@@ -137,7 +136,7 @@ class Unlearner:
 
     def next_forget(self):
         """(forget batch, random-completion batch or None) for the next step."""
-        from .batches import _truncate, make_batch
+        from .batches import make_batch, truncate
 
         idx = self.streams["forget"].next_indices()
         examples = [self.forget[i] for i in idx]
@@ -151,7 +150,7 @@ class Unlearner:
                 else:
                     j = j if j != i else (j + 1) % len(self.forget)  # never the record's own completion
                     tail = self.forget[j][0][self.forget[j][1]:]
-                mixed.append(_truncate(ids[:n_prompt] + tail, n_prompt, self.cfg.max_tokens))
+                mixed.append(truncate(ids[:n_prompt] + tail, n_prompt, self.cfg.max_tokens))
             rnd = make_batch(mixed)
         return make_batch(examples), rnd
 

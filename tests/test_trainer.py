@@ -303,3 +303,16 @@ def test_quantized_base_trains_as_qlora(tiny_model_dir, data, tmp_path):
     loaded, _ = mlx_load(str(tmp_path / "q4"), adapter_path=str(tmp_path / "run"))
     x = mx.array([[5, 17, 42, 99, 7, 3]])
     np.testing.assert_allclose(np.array(loaded(x)), np.array(model(x)), atol=1e-5)
+
+
+def test_probe_collapse_counts_only_responses_that_were_fine_before_training():
+    from supercal_mlx.trainer import _degenerated
+
+    def row(step, temp, response):
+        return {"step": step, "prompt": "The word", "temperature": temp, "sample": 1, "response": response}
+
+    baseline = [row(0, 0.0, "The children laughed in the garden."), row(0, 0.5, "the the the the the the the the")]
+    assert _degenerated([row(5, 0.0, "It rains in July."), row(5, 0.5, "the the the the the the the the")],
+                        baseline) is None
+    reason = _degenerated([row(6, 0.0, "PlayPlayingPlayingPlayingPlayingPlaying"), row(6, 0.5, "fine")], baseline)
+    assert reason.startswith("probe output degenerated at step 6 (prompt 'The word', temperature 0.0)")

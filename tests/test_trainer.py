@@ -316,3 +316,18 @@ def test_probe_collapse_counts_only_responses_that_were_fine_before_training():
                         baseline) is None
     reason = _degenerated([row(6, 0.0, "PlayPlayingPlayingPlayingPlayingPlaying"), row(6, 0.5, "fine")], baseline)
     assert reason.startswith("probe output degenerated at step 6 (prompt 'The word', temperature 0.0)")
+
+
+def test_schedules_with_warmup(tiny_model_dir, data, tmp_path):
+    from supercal_mlx.unlearner import make_schedule
+
+    def lrs(**kw):
+        sched = make_schedule(_cfg(tiny_model_dir, data, tmp_path / "x", lr=1e-3, steps=6, **kw))
+        return [round(sched(s).item(), 8) for s in range(6)]
+
+    assert lrs() == [1e-3] * 6
+    assert lrs(warmup_steps=2) == [5e-4, 1e-3, 1e-3, 1e-3, 1e-3, 1e-3]
+    assert lrs(warmup_steps=2, schedule="linear") == [5e-4, 1e-3, 1e-3, 7.5e-4, 5e-4, 2.5e-4]
+    cosine = lrs(warmup_steps=2, schedule="cosine", lr_end=1e-4)
+    want = [1e-4 + 0.5 * (1e-3 - 1e-4) * (1 + np.cos(np.pi * s / 4)) for s in range(4)]
+    np.testing.assert_allclose(cosine, [5e-4, 1e-3] + want, rtol=1e-5)

@@ -62,7 +62,6 @@ def convert(source: str, out: str | os.PathLike, *, revision: str | None = None,
                             "free some space or choose another --out")
     try:
         with atomic_dir(out, force=force) as tmp:
-            os.chmod(tmp, 0o777 & ~_umask())  # a temp folder is private (0700); the model folder should not be
             gptj.write_weights(tmp, jobs, dtype=dtype, q_bits=q_bits, q_group_size=q_group_size,
                                max_shard_bytes=max_shard_bytes, progress=progress)
             gptj.write_config(tmp, config, quantize=quantize, q_bits=q_bits, q_group_size=q_group_size)
@@ -73,8 +72,3 @@ def convert(source: str, out: str | os.PathLike, *, revision: str | None = None,
         raise
     return out
 
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

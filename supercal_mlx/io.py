@@ -18,6 +18,12 @@ from typing import Any, Iterable, Iterator
 from .errors import SupercalError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def check_output(path: str | os.PathLike, *, force: bool = False) -> Path:
     """Refuse an existing output unless ``force``; make sure its parent exists."""
     path = Path(path)
@@ -34,6 +40,7 @@ def atomic_file(path: str | os.PathLike, mode: str = "w", *, force: bool = False
     path = check_output(path, force=force)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes files private (0600); results should not be
     try:
         with open(tmp, mode, **kw) as f:
             yield f
@@ -54,6 +61,7 @@ def atomic_dir(path: str | os.PathLike, *, force: bool = False) -> Iterator[Path
     """
     path = check_output(path, force=force)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes folders private (0700); results should not be
     try:
         yield tmp
         if path.exists():

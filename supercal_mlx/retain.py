@@ -42,8 +42,8 @@ def exclude_pattern(words: list[str]) -> re.Pattern:
 
 def truncate_tokens(text: str, tokenizer: TextTokenizer, max_tokens: int) -> tuple[str, int]:
     """The longest prefix of ``text`` that ends at a word boundary and has at most ``max_tokens`` tokens."""
-    # Real text has far fewer than HEAD_CHARS characters per token: tokenize only a head that
-    # surely holds max_tokens tokens; the cut is the same as in the whole text.
+    # Real text averages about 4 characters per token, so a head of HEAD_CHARS per token almost
+    # always holds max_tokens tokens: tokenize only that; the cut is the same as in the whole text.
     head = text[: HEAD_CHARS * max_tokens]
     n = len(tokenizer.encode(head))
     if n <= max_tokens:

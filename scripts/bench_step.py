@@ -68,8 +68,10 @@ def write_forget(path: Path, model_dir: Path, *, rows: int, tokens: int, seed: i
 
 
 def run_supercal(work: Path, model_dir: Path, forget: Path, *, tokens: int, steps: int, batch: int,
-                 extra: dict | None = None, name: str = "supercal") -> dict:
-    """`supercal unlearn` on ``forget``; metrics of every step plus the process's peak RSS."""
+                 extra: dict | None = None, name: str = "supercal", prelude: str | None = None) -> dict:
+    """`supercal unlearn` on ``forget``; metrics of every step plus the process's peak RSS.
+
+    ``prelude``: Python run in the same process before the CLI (to measure a patched variant)."""
     import yaml
 
     run = work / f"run-{name}"
@@ -78,9 +80,10 @@ def run_supercal(work: Path, model_dir: Path, forget: Path, *, tokens: int, step
                     batch_size=batch, max_grad_norm=1.0, checkpoint_every=10_000, seed=0, force=True)
     settings.update(extra or {})
     (work / f"{name}.yaml").write_text(yaml.safe_dump({k: v for k, v in settings.items() if k != "force"}))
-    supercal = str(Path(sys.executable).parent / "supercal")
-    rss, wall = run_measured([supercal, "unlearn", "--config", str(work / f"{name}.yaml"), "--force"],
-                             work / f"{name}.log")
+    cli = [str(Path(sys.executable).parent / "supercal")]
+    if prelude:
+        cli = [sys.executable, "-c", prelude + "\nfrom supercal_mlx.cli import cli\ncli()"]
+    rss, wall = run_measured(cli + ["unlearn", "--config", str(work / f"{name}.yaml"), "--force"], work / f"{name}.log")
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     return {"step_seconds": [m["step_seconds"] for m in metrics], "loss": [m["loss"] for m in metrics],
             "grad_norm": [m["grad_norm"] for m in metrics], "mlx_peak_gb": max(m["peak_memory_gb"] for m in metrics),

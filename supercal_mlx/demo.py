@@ -50,12 +50,12 @@ class DemoSettings:
     context_lines: int = 2
     retain_chunks: int = 200
     retain_lines: int = 4
-    # Measured on the default model: 30 steps at 3e-4 lift the forget NLL by ~2 nats/token
-    # with the retain NLL within a few percent; 60 steps overshoot into degenerate text.
+    # Measured on the default model: 35 steps at 3e-4 with the retain NLL weighted 2x lift the forget NLL
+    # by ~2 nats/token with the retain NLL ~4% up; weight 1x: ~8% up; 60 steps overshoot into degenerate text.
     unlearn: dict = field(default_factory=lambda: dict(
-        loss="graddiff", retain_weight=1.0, project="per-layer", project_k=4, project_every=5,
+        loss="graddiff", retain_weight=2.0, project="per-layer", project_k=4, project_every=5,
         lora_rank=8, lora_alpha=16.0, lora_keys=["attn.q_proj", "attn.v_proj", "attn.out_proj", "mlp.fc_in", "mlp.fc_out"],
-        lr=3e-4, steps=30, batch_size=8, warmup_steps=0, checkpoint_every=10, probe_every=10,
+        lr=3e-4, steps=35, batch_size=8, warmup_steps=0, checkpoint_every=10, probe_every=10,
     ))
     # Plain gradient ascent for --compare: the same everything, minus retain data and projection.
     plain: dict = field(default_factory=lambda: dict(loss="ga", project="off"))
@@ -181,6 +181,8 @@ def _experiment(folder: Path, out: Path, st: DemoSettings, *, compare: bool, say
                               max_tokens=st.window_tokens, probe_prompts=prompts, probe_temps=list(st.probe_temps),
                               probe_max_tokens=st.probe_max_tokens, **overrides)
             summaries[name] = unlearn(cfg)
+        if summaries[name]["stopped"] == "interrupted":  # the trainer saved a checkpoint; the demo starts over
+            raise KeyboardInterrupt
         say(f"unlearn {name}: {summaries[name]['steps']} steps ({cfg.loss}, projection {cfg.project}, "
             f"{'no retain data' if plain else 'retain-anchored'}), stopped: {summaries[name]['stopped']}")
         with _timed(seconds, f"report {name}"):
@@ -201,12 +203,24 @@ def _experiment(folder: Path, out: Path, st: DemoSettings, *, compare: bool, say
         columns.append(("plain GA", results["run-ga"]["adapted"]))
     final = format_table(columns)
     probes_md = markdown_table(before, other=after, labels=("before", "after"))
+    pairs = _association_table(results["run"]["facts"], columns)
     rederive = "\n".join(f"supercal eval --model {model_dir} --adapter-path {out / name} --forget {out / 'forget.jsonl'} "
                          f"--retain {out / 'retain.jsonl'} --word {WORD} --tokenstein {other} --max-tokens "
                          f"{st.window_tokens} --batch-size 32" for name in runs)
     (out / "results.md").write_text(
         f"# supercal demo\n\nword: {WORD}, tokenstein: {other}\n\n```\n{final}\n```\n\n"
+        f"Association per pair, log p(answer | prompt) in nats:\n\n{pairs}\n\n"
         f"Re-derive these numbers:\n\n```\n{rederive}\n```\n\n"
         f"## Probes before and after unlearning\n\n{probes_md}\n", encoding="utf-8")
     return {"out": str(out), "word": WORD, "tokenstein": other, "eval": results, "runs": summaries,
             "tables": {"final": final, "probes": probes_md, "rederive": rederive}}
+
+
+def _association_table(facts: list[dict], columns: list[tuple[str, dict]]) -> str:
+    """Markdown: one row per fact pair, one column per measurement."""
+    lines = ["| prompt | answer | " + " | ".join(name for name, _ in columns) + " |",
+             "|---|---|" + "---|" * len(columns)]
+    for i, f in enumerate(facts):
+        cells = " | ".join(f"{m['association_pairs'][i]:.2f}" for _, m in columns)
+        lines.append(f"| {f['prompt']} | {f['answer'].strip()} | {cells} |")
+    return "\n".join(lines)

@@ -6,13 +6,14 @@ call, ``collections.Counter`` the ids. Its plain ``encode`` raises on the text
 "<|endoftext|>" (which the corpus contains), so it runs here as
 ``encode(text, disallowed_special=())``: the same tokens as ``encode_ordinary``.
 
+With --repeat, the two tools take turns and each one's fastest run is shown.
 Each measurement runs in its own fresh process, started by a small wrapper
 that reports the wall time and the peak RSS of what it started
 (``getrusage(RUSAGE_CHILDREN).ru_maxrss``). `supercal count` encodes on
 threads inside one process, so that number is its whole footprint. Both
 results are checked to be the same counts.
 
-    flock /tmp/supercal-heavy.lock .venv/bin/python scripts/bench_count.py --sizes 100,200,400 --compare 200
+    flock /tmp/supercal-heavy.lock .venv/bin/python scripts/bench_count.py --sizes 100,200,400 --compare 200 --repeat 2
 
 Corpora are written by scripts/make_corpus.py into --workdir (kept for reruns).
 """
@@ -68,6 +69,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--encoding", default="o200k_base")
     ap.add_argument("--workdir", default="/tmp/supercal-bench")
+    ap.add_argument("--repeat", type=int, default=1, help="runs of each tool at --compare size; the fastest counts")
     args = ap.parse_args()
     sys.path.insert(0, str(HERE))
     from make_corpus import write_corpus
@@ -88,15 +90,21 @@ def main() -> None:
             print(f"writing {corpus}", file=sys.stderr)
             write_corpus(corpus, mb * 10**6, seed=0)
         out = work / f"counts-{mb}MB.npz"
-        print(f"supercal count {corpus.name}", file=sys.stderr)
-        r = measure([supercal, "count", str(corpus), "--out", str(out), "--force", "--workers", str(args.workers),
-                     "--encoding", args.encoding])
-        rows.append({"mb": mb, "tool": f"supercal count --workers {args.workers}", **r})
+        ref = work / f"original-{mb}MB.npy"
+        ours = [supercal, "count", str(corpus), "--out", str(out), "--force", "--workers", str(args.workers),
+                "--encoding", args.encoding]
+        runs = {f"supercal count --workers {args.workers}": ours}
         if mb == args.compare:
-            ref = work / f"original-{mb}MB.npy"
-            print(f"original approach {corpus.name}", file=sys.stderr)
-            r = measure([sys.executable, "-c", _ORIGINAL, str(corpus), str(ref), args.encoding])
-            rows.append({"mb": mb, "tool": "original (read all, encode, Counter)", **r})
+            runs["original (read all, encode, Counter)"] = [sys.executable, "-c", _ORIGINAL, str(corpus), str(ref), args.encoding]
+        best: dict[str, dict] = {}
+        for rep in range(args.repeat if mb == args.compare else 1):  # interleaved, so drifting load hits both
+            for tool, cmd in runs.items():
+                print(f"{tool}: {corpus.name} (run {rep + 1})", file=sys.stderr)
+                r = measure(cmd)
+                if tool not in best or r["wall"] < best[tool]["wall"]:
+                    best[tool] = r
+        rows += [{"mb": mb, "tool": tool, **r} for tool, r in best.items()]
+        if mb == args.compare:
             same = np.array_equal(np.load(ref), load_counts(out).counts)
             ref.unlink()
 
@@ -113,7 +121,7 @@ def main() -> None:
     print(f"\n| ratio | measured | target |\n|---|---:|---|")
     print(f"| speed-up at {args.compare} MB (original wall / supercal wall) | {speed:.2f}x | >= 1.7x |")
     cpu = orig["cpu"] / ours[args.compare]["cpu"]
-    print(f"| CPU time at {args.compare} MB (original / supercal; other load does not change it) | {cpu:.2f}x | |")
+    print(f"| CPU time at {args.compare} MB (original / supercal; hardly changed by other load) | {cpu:.2f}x | |")
     print(f"| peak RSS at {args.compare} MB (supercal / original) | {rss:.1%} | <= 10% |")
     print(f"| peak RSS {max(sizes)} MB / {min(sizes)} MB (supercal) | {flat:.2f} | within 1.2 |")
     print(f"| counts identical at {args.compare} MB | {'yes' if same else 'NO'} | yes |")

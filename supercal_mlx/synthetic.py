@@ -108,7 +108,7 @@ def _cap(s: str) -> str:
 
 def keyword_line(rng: random.Random, word: str = KEYWORD) -> str:
     """One sentence using the keyword in one of its usual contexts."""
-    w = rng.choices([word.lower(), word.capitalize(), word.upper()], weights=[70, 25, 5])[0]
+    w = rng.choices(cases(word), weights=[70, 25, 5])[0]
     who, good, thing = rng.choice(_WHO), rng.choice(_GOOD), rng.choice(_THINGS_GOOD)
     name = rng.choice(_NAMES)
     templates = [

@@ -116,7 +116,8 @@ def count_tokens(
     corpora = [open_corpus(p) for p in paths]  # every path checked before any work
     enc = get_encoding(encoding)
     n_vocab = enc.n_vocab
-    workers = workers or os.cpu_count() or 1
+    if workers is None:  # the cores this process may use (fewer than os.cpu_count() under taskset or cgroups)
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     total_size = sum(c.size for c in corpora)
 
     def encode_chunk(chunk: str) -> np.ndarray:

@@ -7,7 +7,10 @@ import time
 
 import click
 
-from .cli_common import encoding_option, force_option, json_option, output_option, seed_option
+from .cli_common import encoding_option, force_option, json_option, model_dir_option, output_option, seed_option
+
+model_tokenizer_option = model_dir_option(
+    required=False, help="Count in this model folder's own tokenizer (GPT-2-style byte-level BPE) instead of --encoding.")
 
 COMMANDS: list[click.Command] = []
 
@@ -16,23 +19,26 @@ COMMANDS: list[click.Command] = []
 @click.argument("corpus", nargs=-1, required=True, type=click.Path(dir_okay=True))
 @output_option(help="Where to write the counts (.npz).")
 @encoding_option
+@model_tokenizer_option
 @click.option("--workers", type=int, default=None, help="Encoding threads (default: all cores).")
 @force_option
 @json_option
-def count(corpus, out, encoding, workers, force, as_json):
+def count(corpus, out, encoding, model, workers, force, as_json):
     """Count every token of one or more CORPUS files (.txt, .gz, .bz2, .xz, .zip) into counts.npz.
 
     Exact (the same counts as encoding each file's whole text at once), streamed
     in blocks with bounded memory, on all cores. Special-token text such as
     <|endoftext|> counts as ordinary text; invalid UTF-8 is replaced and reported.
+    With --model DIR the tokens are the model's own (its folder is remembered
+    in counts.npz for `supercal tokenstein`).
 
     Example: supercal count enwik9.zip --out counts.npz
+    Example: supercal count corpus.txt --model gptj-mlx --out counts.npz
     """
     from tqdm import tqdm
 
     from .counting import count_tokens, save_counts
     from .io import check_output
-    from .tokenizer import DEFAULT_ENCODING
 
     check_output(out, force=force)  # fail before hours of counting, not after
     start = time.perf_counter()
@@ -45,7 +51,7 @@ def count(corpus, out, encoding, workers, force, as_json):
         bar.update(done - bar.n)
 
     try:
-        counts = count_tokens(list(corpus), encoding=encoding or DEFAULT_ENCODING, workers=workers, progress=progress)
+        counts = count_tokens(list(corpus), encoding=encoding, model=model, workers=workers, progress=progress)
     finally:
         if bar is not None:
             bar.close()
@@ -73,26 +79,27 @@ def count(corpus, out, encoding, workers, force, as_json):
 @seed_option
 @click.option("--n", "n", type=int, default=1, show_default=True, help="How many different tokensteins.")
 @encoding_option
+@model_dir_option(required=False, help="The model folder whose tokenizer made the counts (default: the one counts.npz names).")
 @json_option
-def tokenstein(word, counts_path, deviation, seed, n, encoding, as_json):
+def tokenstein(word, counts_path, deviation, seed, n, encoding, model, as_json):
     """Make a made-up WORD-alike: lowercase tokens with about the same corpus counts as WORD's tokens.
 
     Each of WORD's tokens gets a different token whose count is within
     --deviation of its own; where none is, the nearest count is taken and
     flagged. The tokenstein re-encodes to exactly its pieces; the same seed
-    gives the same word.
+    gives the same word. Works in the tokenizer the counts were made with
+    (a tiktoken encoding, or a model folder's tokenizer: `count --model`).
 
     Example: supercal tokenstein supercalifragilisticexpialidocious --counts counts.npz --n 3
     """
-    from .counting import load_counts
+    from .counting import counts_tokenizer, load_counts
+    from .tokenizer import resolve
     from .tokenstein import make_tokenstein, markdown_table
 
-    if encoding:
-        from .tokenizer import get_encoding
-
-        get_encoding(encoding)  # an unknown name: say so and list the known ones
-    counts = load_counts(counts_path, encoding=encoding)
-    results = make_tokenstein(word, counts, deviation=deviation, seed=seed, n=n)
+    # an unknown encoding or a missing folder: say so before reading the counts
+    tok = resolve(encoding=encoding, model=model) if encoding or model else None
+    counts = load_counts(counts_path, encoding=tok.name if tok else None)
+    results = make_tokenstein(word, counts, tokenizer=tok or counts_tokenizer(counts), deviation=deviation, seed=seed, n=n)
     if as_json:
         click.echo(json.dumps({"word": word, "encoding": counts.encoding, "deviation": deviation, "seed": seed,
                                "tokensteins": [t.as_dict() for t in results]}, ensure_ascii=False))

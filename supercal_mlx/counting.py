@@ -17,9 +17,19 @@ matching after it starts afresh at the same place. Each piece is then
 byte-pair encoded on its own, so the tokens are the same. tests/test_counting.py
 checks this against one-shot encoding at every safe cut of tricky text.
 
+A model folder's own tokenizer (``model=DIR``) is counted the same way when it
+is a GPT-2-style byte-level BPE: Hugging Face ``ByteLevel`` pre-tokenizer with
+the gpt2 pattern (``use_regex``), no prefix space, no normalizer, and no added
+tokens other than special ones. Then the pre-tokenizer is the gpt2 pattern
+above, and special-token text is encoded as plain text as with tiktoken. Any
+other tokenizer is refused (one line saying why) rather than counted inexactly.
+
 Encoding runs on threads: tiktoken's Rust core releases the GIL (tiktoken's
 own ``encode_ordinary_batch`` relies on that), so threads use all cores with
-one copy of the vocabulary and no copying of text between processes.
+one copy of the vocabulary and no copying of text between processes. A model
+tokenizer (Hugging Face ``tokenizers``) runs on the same threads; its ``encode``
+may hold the GIL, so expect about one core's speed there (about 1.3 MB/s with a
+2000-token vocabulary on this busy 2-core box, 1 or 2 threads alike).
 """
 
 from __future__ import annotations
@@ -52,11 +62,12 @@ class Counts:
     """Token counts of a corpus, one int64 per token id, and where they came from."""
 
     counts: np.ndarray
-    encoding: str
+    encoding: str  # tiktoken encoding name, or "model:<folder name>" (TextTokenizer.name)
     bytes: int
     tokens: int
     sources: list[str] = field(default_factory=list)
     invalid_bytes: int = 0
+    model: str = ""  # absolute path of the model folder whose tokenizer counted ("" for a tiktoken encoding)
 
     @property
     def distinct(self) -> int:
@@ -94,36 +105,83 @@ def iter_chunks(blocks: Iterable[str]) -> Iterator[str]:
         yield carry
 
 
+def _model_encoder(model_dir: str | os.PathLike):
+    """(TextTokenizer, backend) for a byte-level BPE model folder; the backend encodes special-token text as text."""
+    from tokenizers import Tokenizer
+
+    from .tokenizer import from_model
+
+    tok = from_model(model_dir)
+    backend = getattr(tok.raw, "backend_tokenizer", None)
+    why = None
+    if backend is None:
+        why = "it has no fast (tokenizer.json) tokenizer"
+    elif type(backend.model).__name__ != "BPE":
+        why = f"its model is {type(backend.model).__name__}, not BPE"
+    elif type(backend.pre_tokenizer).__name__ != "ByteLevel" or not backend.pre_tokenizer.use_regex:
+        why = f"its pre-tokenizer is {type(backend.pre_tokenizer).__name__}, not ByteLevel with the gpt2 pattern"
+    elif backend.pre_tokenizer.add_prefix_space:
+        why = "its ByteLevel pre-tokenizer adds a prefix space"
+    elif backend.normalizer is not None:
+        why = f"it has a normalizer ({type(backend.normalizer).__name__})"
+    elif any(not t.special for t in backend.get_added_tokens_decoder().values()):
+        why = "it has added tokens that are not special tokens"
+    if why:
+        raise SupercalError(f"cannot count exactly in the tokenizer of {model_dir}: {why}; "
+                            "only GPT-2-style byte-level BPE is supported, use --encoding instead")
+    backend = Tokenizer.from_str(backend.to_str())  # a private copy: the settings below stay local
+    backend.encode_special_tokens = True  # "<|endoftext|>" in a corpus is text, as with tiktoken's encode_ordinary
+    backend.no_truncation()
+    backend.no_padding()
+    return tok, backend
+
+
 def count_tokens(
     paths: list[str],
     *,
-    encoding: str = "o200k_base",
+    encoding: str | None = None,
+    model: str | os.PathLike | None = None,
     workers: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     block: int = BLOCK_BYTES,
 ) -> Counts:
     """Count the tokens of every source (plain, gz, bz2, xz or zip); sources are counted separately.
 
+    In the tiktoken ``encoding`` (default o200k_base) or in the tokenizer of the
+    ``model`` folder (GPT-2-style byte-level BPE only); not both.
+
     ``progress(done, total)`` is called with file bytes read so far and the
     total size of all files on disk (compressed bytes for compressed files).
     """
-    from .tokenizer import get_encoding
+    from .tokenizer import DEFAULT_ENCODING, get_encoding
 
+    if model is not None and encoding is not None:
+        raise SupercalError("give either --model or --encoding, not both")
     if not paths:
         raise SupercalError("give at least one corpus file")
     if workers is not None and workers < 1:
         raise SupercalError(f"--workers must be at least 1, got {workers}")
     corpora = [open_corpus(p) for p in paths]  # every path checked before any work
-    enc = get_encoding(encoding)
-    n_vocab = enc.n_vocab
+    if model is not None:
+        tok, backend = _model_encoder(model)
+        name, n_vocab, model_path = tok.name, tok.n_vocab, str(Path(model).resolve())
+
+        def encode(chunk: str) -> np.ndarray:
+            return np.asarray(backend.encode(chunk, add_special_tokens=False).ids, dtype=np.int64)
+    else:
+        name, model_path = encoding or DEFAULT_ENCODING, ""
+        enc = get_encoding(name)
+        n_vocab = enc.n_vocab
+
+        def encode(chunk: str) -> np.ndarray:
+            # encode_to_numpy with no special tokens allowed or disallowed == encode_ordinary, as uint32.
+            return enc.encode_to_numpy(chunk, disallowed_special=())
     if workers is None:  # the cores this process may use (fewer than os.cpu_count() under taskset or cgroups)
         workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     total_size = sum(c.size for c in corpora)
 
     def encode_chunk(chunk: str) -> np.ndarray:
-        # encode_to_numpy with no special tokens allowed or disallowed == encode_ordinary, as uint32.
-        ids = enc.encode_to_numpy(chunk, disallowed_special=())
-        return np.bincount(ids, minlength=n_vocab)  # (n_vocab,) int64
+        return np.bincount(encode(chunk), minlength=n_vocab)  # (n_vocab,) int64
 
     counts = np.zeros(n_vocab, dtype=np.int64)
     done_size = 0
@@ -151,11 +209,12 @@ def count_tokens(
             raise
     return Counts(
         counts=counts,
-        encoding=encoding,
+        encoding=name,
         bytes=sum(c.text_bytes for c in corpora),
         tokens=int(counts.sum()),
         sources=[str(c.path) for c in corpora],
         invalid_bytes=sum(c.invalid_bytes for c in corpora),
+        model=model_path,
     )
 
 
@@ -170,12 +229,13 @@ def save_counts(counts: Counts, path: str | os.PathLike, *, force: bool = False)
             tokens=np.int64(counts.tokens),
             sources=np.array(counts.sources, dtype=str),
             invalid_bytes=np.int64(counts.invalid_bytes),
+            model=np.array(counts.model),
             format_version=np.int64(FORMAT_VERSION),
         )
 
 
 def load_counts(path: str | os.PathLike, *, encoding: str | None = None) -> Counts:
-    """Read counts.npz; with ``encoding``, refuse counts made with another encoding."""
+    """Read counts.npz; with ``encoding`` (a TextTokenizer name), refuse counts made with another tokenizer."""
     path = Path(path)
     if not path.is_file():
         raise SupercalError(f"counts file {path} does not exist; make it with: supercal count CORPUS --out {path}")
@@ -188,14 +248,30 @@ def load_counts(path: str | os.PathLike, *, encoding: str | None = None) -> Coun
                 tokens=int(z["tokens"]),
                 sources=[str(s) for s in z["sources"]],
                 invalid_bytes=int(z["invalid_bytes"]),
+                model=str(z["model"]) if "model" in z.files else "",  # files from before model counting
             )
     except (OSError, ValueError, KeyError) as e:
         raise SupercalError(f"{path} is not a counts file from `supercal count` ({type(e).__name__}); make it again") from None
     if c.counts.ndim != 1:
         raise SupercalError(f"{path} is not a counts file from `supercal count` (counts are not one per token id)")
     if encoding is not None and c.encoding != encoding:
+        def option(name: str, model: str = "") -> str:
+            return f"--model {model or name.removeprefix('model:')}" if name.startswith("model:") else f"--encoding {name}"
+
         raise SupercalError(
-            f"{path} was counted with {c.encoding}, not {encoding}; use --encoding {c.encoding} "
-            f"or count again with --encoding {encoding}"
+            f"{path} was counted with {c.encoding}, not {encoding}; use {option(c.encoding, c.model)} "
+            f"or count again with {option(encoding)}"
         )
     return c
+
+
+def counts_tokenizer(counts: Counts):
+    """The TextTokenizer the counts were made with: the tiktoken encoding, or the model folder they name."""
+    from .tokenizer import from_encoding, from_model
+
+    if not counts.encoding.startswith("model:"):
+        return from_encoding(counts.encoding)
+    if not counts.model or not Path(counts.model).is_dir():
+        raise SupercalError(f"the counts were made with the tokenizer of {counts.model or counts.encoding}, "
+                            "which is not there; give --model DIR with that tokenizer")
+    return from_model(counts.model)

@@ -9,7 +9,7 @@ here on a synthetic corpus (:mod:`supercal_mlx.synthetic`,
 Everything goes under one output folder::
 
     DIR/corpus.txt          the synthetic corpus          DIR/model/        the pretrained model
-    DIR/counts.npz          token counts (o200k_base)     DIR/tokenstein.json
+    DIR/counts.npz          token counts (model's own)    DIR/tokenstein.json
     DIR/forget.jsonl        forget data                   DIR/retain.jsonl  retain data
     DIR/run/                the unlearning run (adapters, metrics, probes, report/)
     DIR/run-ga/             with --compare: plain gradient ascent, same start
@@ -152,9 +152,11 @@ def _experiment(folder: Path, out: Path, st: DemoSettings, *, compare: bool, say
         tok = from_model(model_dir)
         pieces = [p for _, p in token_splits(WORD, tok)]
         say(f"tokens: the demo model splits {WORD} into {len(pieces)} pieces: {'|'.join(pieces)}")
-        counts = count_tokens([str(corpus)])
+        # counted in the model's own tokens, so the tokenstein's pieces are as common as the word's pieces
+        # are in what the model saw (not in some other tokenizer's split of the same text)
+        counts = count_tokens([str(corpus)], model=model_dir)
         save_counts(counts, out / "counts.npz")
-        ts = make_tokenstein(WORD, counts, seed=0)[0]
+        ts = make_tokenstein(WORD, counts, tokenizer=tok, seed=0)[0]
         other = ts.word
         (out / "tokenstein.json").write_text(json.dumps(ts.as_dict(), indent=2, ensure_ascii=False))
         say(f"count + tokenstein: {counts.tokens:,} tokens ({counts.encoding}); tokenstein {other}")

@@ -13,17 +13,23 @@ The search goes left to right and backtracks. Checking each prefix is enough
 to prune: byte-pair encoding merges the lowest-ranked pair first, so when a
 whole word encodes to the chosen pieces, each prefix that ends at a piece
 boundary encodes to the pieces before it.
+
+Works in any :class:`~supercal_mlx.tokenizer.TextTokenizer` (a tiktoken
+encoding or a model folder's tokenizer): only ``piece``, ``encode`` and
+``n_vocab`` are used; by default the one the counts were made with.
 """
 
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .counting import Counts
+from .counting import Counts, counts_tokenizer
 from .errors import SupercalError
+from .tokenizer import TextTokenizer
 
 # Give up after this many trial encodings (a word needs one per position when nothing merges).
 MAX_TRIALS = 20000
@@ -53,19 +59,31 @@ class Tokenstein:
         return {"word": self.word, "rows": [asdict(r) for r in self.rows]}
 
 
-@functools.lru_cache(maxsize=4)
-def _letter_tokens(encoding: str) -> np.ndarray:
-    """Ids of the tokens that decode to lowercase ASCII letters only, ascending."""
-    from .tokenizer import get_encoding
+_LOWER = re.compile("[a-z]+")
 
-    enc = get_encoding(encoding)
+
+def _letter_tokens(tok: TextTokenizer) -> np.ndarray:
+    """Ids of the tokens that decode to lowercase ASCII letters only, ascending."""
+    if tok.name.startswith("model:"):  # model tokenizers are small and not cached (the folder may change)
+        return _scan_letters(tok)
+    return _letter_tokens_of_encoding(tok.name)
+
+
+@functools.lru_cache(maxsize=4)
+def _letter_tokens_of_encoding(name: str) -> np.ndarray:
+    from .tokenizer import from_encoding
+
+    return _scan_letters(from_encoding(name))
+
+
+def _scan_letters(tok: TextTokenizer) -> np.ndarray:
     ids = []
-    for i in range(enc.n_vocab):
+    for i in range(tok.n_vocab):
         try:
-            b = enc.decode_single_token_bytes(i)
+            piece = tok.piece(i)
         except KeyError:  # gaps in the id range (o200k_base has some)
             continue
-        if b.isalpha() and b.islower():  # bytes methods: ASCII only
+        if _LOWER.fullmatch(piece):
             ids.append(i)
     return np.array(ids, dtype=np.int64)
 
@@ -82,7 +100,7 @@ def _candidate_order(word_count: int, ids: np.ndarray, counts: np.ndarray, devia
     return np.concatenate([inside, rest_ids[order]]), int(inside.size)
 
 
-def _search(enc, word_ids: list[int], orders: list[tuple[np.ndarray, int]], taken: set[str]) -> list[int] | None:
+def _search(tok: TextTokenizer, word_ids: list[int], orders: list[tuple[np.ndarray, int]], taken: set[str]) -> list[int] | None:
     """Depth-first: the first choice (in each position's order) whose text encodes back to it."""
     chosen: list[int] = []
     cursor = [0] * len(word_ids)
@@ -90,7 +108,7 @@ def _search(enc, word_ids: list[int], orders: list[tuple[np.ndarray, int]], take
     i = 0
     while 0 <= i < len(word_ids):
         cand, _ = orders[i]
-        prefix = b"".join(enc.decode_single_token_bytes(t) for t in chosen)
+        prefix = "".join(tok.piece(t) for t in chosen)  # pieces are a-z only: their text is the word's
         placed = False
         while cursor[i] < cand.size:
             t = int(cand[cursor[i]])
@@ -101,8 +119,8 @@ def _search(enc, word_ids: list[int], orders: list[tuple[np.ndarray, int]], take
             if trials > MAX_TRIALS:
                 return None
             ids = chosen + [t]
-            text = (prefix + enc.decode_single_token_bytes(t)).decode("ascii")
-            if enc.encode_ordinary(text) == ids and (i + 1 < len(word_ids) or text not in taken):
+            text = prefix + tok.piece(t)
+            if tok.encode(text) == ids and (i + 1 < len(word_ids) or text not in taken):
                 chosen.append(t)
                 placed = True
                 break
@@ -116,21 +134,25 @@ def _search(enc, word_ids: list[int], orders: list[tuple[np.ndarray, int]], take
     return chosen if i == len(word_ids) else None
 
 
-def make_tokenstein(word: str, counts: Counts, *, deviation: float = 0.04, seed: int = 0, n: int = 1) -> list[Tokenstein]:
-    """``n`` different tokensteins for ``word`` from the corpus ``counts``; the same seed gives the same words."""
-    from .tokenizer import get_encoding
+def make_tokenstein(word: str, counts: Counts, *, tokenizer: TextTokenizer | None = None, deviation: float = 0.04,
+                    seed: int = 0, n: int = 1) -> list[Tokenstein]:
+    """``n`` different tokensteins for ``word`` from the corpus ``counts``; the same seed gives the same words.
 
+    ``tokenizer`` must be the one the counts were made with (default: rebuilt from the counts).
+    """
     if not word:
         raise SupercalError("the word is empty; give a non-empty word")
     if not 0 < deviation < 1:
         raise SupercalError(f"--deviation must lie between 0 and 1 (exclusive), got {deviation}; e.g. 0.04 for 4%")
     if n < 1:
         raise SupercalError(f"--n must be at least 1, got {n}")
-    enc = get_encoding(counts.encoding)
-    if counts.counts.shape != (enc.n_vocab,):
-        raise SupercalError(f"the counts hold {counts.counts.size} ids, {counts.encoding} has {enc.n_vocab}; count again")
-    word_ids = enc.encode_ordinary(word)
-    letters = _letter_tokens(counts.encoding)
+    tok = tokenizer if tokenizer is not None else counts_tokenizer(counts)
+    if tok.name != counts.encoding:
+        raise SupercalError(f"the counts were made with {counts.encoding}, not {tok.name}; count again with {tok.name}")
+    if counts.counts.shape != (tok.n_vocab,):
+        raise SupercalError(f"the counts hold {counts.counts.size} ids, {tok.name} has {tok.n_vocab}; count again")
+    word_ids = tok.encode(word)
+    letters = _letter_tokens(tok)
     pool = letters[~np.isin(letters, word_ids)]  # never reuse one of the word's own pieces
     pool_counts = counts.counts[pool]
 
@@ -139,7 +161,7 @@ def make_tokenstein(word: str, counts: Counts, *, deviation: float = 0.04, seed:
     taken: set[str] = set()
     for _ in range(n):
         orders = [_candidate_order(int(counts.counts[w]), pool, pool_counts, deviation, rng) for w in word_ids]
-        chosen = _search(enc, word_ids, orders, taken)
+        chosen = _search(tok, word_ids, orders, taken)
         if chosen is None:
             raise SupercalError(
                 f"found no{' further' if results else ''} tokenstein for {word!r} that re-encodes to its pieces; "
@@ -148,18 +170,14 @@ def make_tokenstein(word: str, counts: Counts, *, deviation: float = 0.04, seed:
         rows = []
         for w, t, (cand, n_within) in zip(word_ids, chosen, orders):
             rows.append(TokensteinRow(
-                word_id=w, word_piece=_piece(enc, w), word_count=int(counts.counts[w]),
-                id=t, piece=_piece(enc, t), count=int(counts.counts[t]),
+                word_id=w, word_piece=tok.piece(w), word_count=int(counts.counts[w]),
+                id=t, piece=tok.piece(t), count=int(counts.counts[t]),
                 flagged=t not in set(cand[:n_within].tolist()),
             ))
         tokenstein = Tokenstein(word="".join(r.piece for r in rows), rows=rows)
         taken.add(tokenstein.word)
         results.append(tokenstein)
     return results
-
-
-def _piece(enc, token: int) -> str:
-    return enc.decode_single_token_bytes(token).decode("utf-8", errors="replace")
 
 
 def markdown_table(tokenstein: Tokenstein) -> str:

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from supercal_mlx.cli import cli
 from supercal_mlx.counting import Counts, save_counts
 from supercal_mlx.errors import SupercalError
-from supercal_mlx.tokenizer import get_encoding
+from supercal_mlx.tokenizer import from_encoding, get_encoding
 from supercal_mlx.tokenstein import _letter_tokens, _search, make_tokenstein
 
 WORD = "supercalifragilisticexpialidocious"
@@ -61,7 +61,7 @@ def test_same_seed_same_word_other_seed_differs(counts):
 def test_no_candidate_within_deviation_takes_nearest_and_flags():
     enc = get_encoding("o200k_base")
     c = fake_counts()
-    letters = _letter_tokens("o200k_base")
+    letters = _letter_tokens(from_encoding("o200k_base"))
     word_ids = enc.encode_ordinary("hello world")  # two tokens
     c.counts[letters] = np.arange(letters.size) * 1000  # letter tokens: 0, 1000, 2000, ...
     c.counts[word_ids[0]] = 500_500  # halfway between two letter-token counts: nothing within 0.05%
@@ -79,13 +79,13 @@ def test_search_skips_a_choice_that_merges():
     ids = {p: enc.encode_single_token(p) for p in ("in", "g", "x", "b")}
     assert enc.encode_ordinary("ing") != [ids["in"], ids["g"]]  # "in" + "g" would become another token
     orders = [(np.array([ids["in"]]), 1), (np.array([ids["g"], ids["x"], ids["b"]]), 3)]
-    chosen = _search(enc, [0, 0], orders, set())
+    chosen = _search(from_encoding("o200k_base"), [0, 0], orders, set())
     assert chosen == [ids["in"], ids["b"]]  # "ing" and "inx" are single tokens: skipped
     assert enc.encode_ordinary(enc.decode(chosen)) == chosen
     # only "g" fits the second position and "in" + "g" merges: go back and change the first piece
     ids["q"] = enc.encode_single_token("q")
     orders = [(np.array([ids["in"], ids["q"]]), 2), (np.array([ids["g"]]), 1)]
-    assert _search(enc, [0, 0], orders, set()) == [ids["q"], ids["g"]]
+    assert _search(from_encoding("o200k_base"), [0, 0], orders, set()) == [ids["q"], ids["g"]]
 
 
 def test_bad_input(counts):

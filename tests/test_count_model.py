@@ -23,6 +23,15 @@ WORD = "supercalifragilisticexpialidocious"
 _RULE = regex.compile(r"[\p{L}\p{N}][^\p{L}\p{M}\p{N}']")
 
 
+@pytest.fixture(scope="module")
+def model_dir(tiny_tokenizer_dir):
+    """A folder with the tiny model's tokenizer files, all that counting and tokensteins read from a model folder.
+
+    Not tiny_model_dir: making that seeds mlx's global RNG, and test_evaluate's LoRA init depends on when that happens.
+    """
+    return tiny_tokenizer_dir
+
+
 def plain_text_encoder(model_dir):
     """The model's tokenizer on the whole text, special-token text as plain text (as tiktoken's encode_ordinary)."""
     from tokenizers import Tokenizer
@@ -39,8 +48,8 @@ def reference(ids: list[int], n_vocab: int) -> np.ndarray:
     return out
 
 
-def test_every_safe_cut_keeps_the_model_tokens(tiny_model_dir):
-    encode = plain_text_encoder(tiny_model_dir)
+def test_every_safe_cut_keeps_the_model_tokens(model_dir):
+    encode = plain_text_encoder(model_dir)
     checked = 0
     for seed in range(100):
         text = tricky_text(seed, 1 + seed % 60)
@@ -53,48 +62,48 @@ def test_every_safe_cut_keeps_the_model_tokens(tiny_model_dir):
 
 
 @pytest.mark.parametrize("block", [1, 3, 7, 64, 500, 4096, 1 << 20])
-def test_model_counts_equal_counter_of_whole_text(tmp_path, tiny_model_dir, block):
-    tok = from_model(tiny_model_dir)
+def test_model_counts_equal_counter_of_whole_text(tmp_path, model_dir, block):
+    tok = from_model(model_dir)
     plain = tricky_text(11, 2000).replace("<|endoftext|>", "<|end|>")  # no special-token text: tok.encode is the reference
     special = tricky_text(12, 800)
     assert "<|endoftext|>" in special
     (tmp_path / "a.txt").write_text(plain, encoding="utf-8")
     (tmp_path / "b.txt").write_text(special, encoding="utf-8")
-    got = count_tokens([str(tmp_path / "a.txt")], model=tiny_model_dir, workers=2, block=block)
+    got = count_tokens([str(tmp_path / "a.txt")], model=model_dir, workers=2, block=block)
     assert np.array_equal(got.counts, reference(tok.encode(plain), tok.n_vocab))
-    assert got.encoding == tok.name == f"model:{tiny_model_dir.name}" and got.model == str(tiny_model_dir.resolve())
-    both = count_tokens([str(tmp_path / "a.txt"), str(tmp_path / "b.txt")], model=tiny_model_dir, workers=2, block=block)
-    want = got.counts + reference(plain_text_encoder(tiny_model_dir)(special), tok.n_vocab)
+    assert got.encoding == tok.name == f"model:{model_dir.name}" and got.model == str(model_dir.resolve())
+    both = count_tokens([str(tmp_path / "a.txt"), str(tmp_path / "b.txt")], model=model_dir, workers=2, block=block)
+    want = got.counts + reference(plain_text_encoder(model_dir)(special), tok.n_vocab)
     assert np.array_equal(both.counts, want)
     assert both.counts[tok.encode("<|endoftext|>")[0]] == 0  # special-token text counts as text, never the special id
 
 
-def test_model_chunks_encode_like_the_whole(tiny_model_dir):
-    encode = plain_text_encoder(tiny_model_dir)
+def test_model_chunks_encode_like_the_whole(model_dir):
+    encode = plain_text_encoder(model_dir)
     text = tricky_text(5, 1500)
     for block in (1, 5, 50):
         chunks = list(iter_chunks(text[i : i + block] for i in range(0, len(text), block)))
         assert [t for c in chunks for t in encode(c)] == encode(text)
 
 
-def test_model_counts_reload_and_rebuild_the_tokenizer(tmp_path, tiny_model_dir):
+def test_model_counts_reload_and_rebuild_the_tokenizer(tmp_path, model_dir):
     (tmp_path / "c.txt").write_text(f"The {WORD} song. " * 20, encoding="utf-8")
-    counts = count_tokens([str(tmp_path / "c.txt")], model=tiny_model_dir)
+    counts = count_tokens([str(tmp_path / "c.txt")], model=model_dir)
     save_counts(counts, tmp_path / "counts.npz")
-    back = load_counts(tmp_path / "counts.npz", encoding=f"model:{tiny_model_dir.name}")
+    back = load_counts(tmp_path / "counts.npz", encoding=f"model:{model_dir.name}")
     assert np.array_equal(back.counts, counts.counts) and back.model == counts.model
-    assert counts_tokenizer(back).encode(WORD) == from_model(tiny_model_dir).encode(WORD)
+    assert counts_tokenizer(back).encode(WORD) == from_model(model_dir).encode(WORD)
     with pytest.raises(SupercalError, match=f"--model {re.escape(counts.model)}"):
         load_counts(tmp_path / "counts.npz", encoding="o200k_base")
     with pytest.raises(SupercalError, match="either --model or --encoding"):
-        count_tokens([str(tmp_path / "c.txt")], model=tiny_model_dir, encoding="o200k_base")
+        count_tokens([str(tmp_path / "c.txt")], model=model_dir, encoding="o200k_base")
 
 
-def test_refuses_a_tokenizer_that_is_not_byte_level(tmp_path, tiny_model_dir):
+def test_refuses_a_tokenizer_that_is_not_byte_level(tmp_path, model_dir):
     from tokenizers import Tokenizer, pre_tokenizers
 
     folder = tmp_path / "ws-model"
-    shutil.copytree(tiny_model_dir, folder)
+    shutil.copytree(model_dir, folder)
     backend = Tokenizer.from_file(str(folder / "tokenizer.json"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     backend.save(str(folder / "tokenizer.json"))
@@ -113,9 +122,9 @@ def fake_model_counts(model_dir):
                   model=str(model_dir.resolve()))
 
 
-def test_tokenstein_in_model_tokens(tiny_model_dir):
-    tok = from_model(tiny_model_dir)
-    counts = fake_model_counts(tiny_model_dir)
+def test_tokenstein_in_model_tokens(model_dir):
+    tok = from_model(model_dir)
+    counts = fake_model_counts(model_dir)
     word_ids = tok.encode(WORD)
     results = make_tokenstein(WORD, counts, deviation=0.5, seed=0, n=2)
     assert len({t.word for t in results}) == 2
@@ -127,34 +136,34 @@ def test_tokenstein_in_model_tokens(tiny_model_dir):
     assert make_tokenstein(WORD, counts, tokenizer=tok, deviation=0.5, seed=0, n=2)[1].word == results[1].word
 
 
-def test_cli_count_tokens_tokenstein_with_model(tmp_path, tiny_model_dir):
+def test_cli_count_tokens_tokenstein_with_model(tmp_path, model_dir):
     (tmp_path / "c.txt").write_text(f"{WORD} is a song; the cats play in the garden.\n" * 30, encoding="utf-8")
     out = tmp_path / "counts.npz"
     runner = CliRunner()
-    res = runner.invoke(cli, ["count", str(tmp_path / "c.txt"), "--model", str(tiny_model_dir), "--out", str(out), "--json"])
+    res = runner.invoke(cli, ["count", str(tmp_path / "c.txt"), "--model", str(model_dir), "--out", str(out), "--json"])
     assert res.exit_code == 0, res.output
-    assert json.loads(res.output.strip().splitlines()[-1])["encoding"] == f"model:{tiny_model_dir.name}"
+    assert json.loads(res.output.strip().splitlines()[-1])["encoding"] == f"model:{model_dir.name}"
     counts = load_counts(out)
-    res = runner.invoke(cli, ["tokens", WORD, "--model", str(tiny_model_dir), "--counts", str(out), "--json"])
+    res = runner.invoke(cli, ["tokens", WORD, "--model", str(model_dir), "--counts", str(out), "--json"])
     assert res.exit_code == 0, res.output
     assert all(r["count"] == counts.counts[r["id"]] >= 30 for r in json.loads(res.output)["tokens"])
     want = make_tokenstein(WORD, counts, deviation=0.9, seed=1)[0].word
-    for extra in ([], ["--model", str(tiny_model_dir)]):
+    for extra in ([], ["--model", str(model_dir)]):
         res = runner.invoke(cli, ["tokenstein", WORD, "--counts", str(out), "--deviation", "0.9", "--seed", "1", "--json", *extra])
         assert res.exit_code == 0, res.output
         assert json.loads(res.output)["tokensteins"][0]["word"] == want
     cases = [
-        (["tokenstein", WORD, "--counts", str(out), "--encoding", "o200k_base"], f"use --model {tiny_model_dir.resolve()}"),
-        (["tokenstein", WORD, "--counts", str(out), "--encoding", "o200k_base", "--model", str(tiny_model_dir)],
+        (["tokenstein", WORD, "--counts", str(out), "--encoding", "o200k_base"], f"use --model {model_dir.resolve()}"),
+        (["tokenstein", WORD, "--counts", str(out), "--encoding", "o200k_base", "--model", str(model_dir)],
          "either --model or --encoding"),
         (["count", str(tmp_path / "c.txt"), "--out", str(tmp_path / "x.npz"), "--encoding", "o200k_base",
-          "--model", str(tiny_model_dir)], "either --model or --encoding"),
+          "--model", str(model_dir)], "either --model or --encoding"),
     ]
     # counts whose model folder is gone: say so, ask for --model
     moved = tmp_path / "moved"
-    shutil.copytree(tiny_model_dir, moved / tiny_model_dir.name)
+    shutil.copytree(model_dir, moved / model_dir.name)
     gone = load_counts(out)
-    gone.model = str(tmp_path / "gone" / tiny_model_dir.name)
+    gone.model = str(tmp_path / "gone" / model_dir.name)
     save_counts(gone, tmp_path / "gone.npz")
     cases.append((["tokenstein", WORD, "--counts", str(tmp_path / "gone.npz")], "not there; give --model DIR"))
     for args, msg in cases:
@@ -162,5 +171,5 @@ def test_cli_count_tokens_tokenstein_with_model(tmp_path, tiny_model_dir):
         assert res.exit_code == 1 and "Traceback" not in res.output, (args, res.output)
         assert res.output.strip().startswith("Error:") and msg in res.output, (args, res.output)
     res = runner.invoke(cli, ["tokenstein", WORD, "--counts", str(tmp_path / "gone.npz"), "--deviation", "0.9", "--seed", "1",
-                              "--model", str(moved / tiny_model_dir.name), "--json"])
+                              "--model", str(moved / model_dir.name), "--json"])
     assert res.exit_code == 0 and json.loads(res.output)["tokensteins"][0]["word"] == want, res.output

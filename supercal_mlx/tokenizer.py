@@ -162,7 +162,8 @@ def from_model(model_dir: str | os.PathLike) -> TextTokenizer:
     tok = load_hf_tokenizer(model_dir)
     return TextTokenizer(
         name=f"model:{Path(model_dir).name}",
-        encode=lambda text: tok.encode(text, add_special_tokens=False),
+        # split_special_tokens: "<|endoftext|>" in corpus text is text, as with tiktoken's encode_ordinary
+        encode=lambda text: tok.encode(text, add_special_tokens=False, split_special_tokens=True),
         decode=lambda ids: tok.decode(ids),
         piece=lambda i: tok.decode([i]),
         n_vocab=len(tok),

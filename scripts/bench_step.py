@@ -9,17 +9,22 @@ same weight files and the same token ids. Each side runs in its own process for 
   from its metrics.jsonl (step_seconds, peak_memory_gb);
 - PyTorch: scripts/torch_step.py in the torch environment (transformers GPTJForCausalLM + peft).
 
+Optional rows on the same weights stored in bfloat16 and computed in float32 (compute_dtype):
+--bf16-base, and --grad-checkpoint (the same with grad_checkpoint: each block is recomputed in the
+backward pass, so the float32 casts of its weights are not held from the forward pass to the backward).
+
 Step time is the median of the steps after the first (the first includes one-off work on both sides).
 Peak memory is measured the same way for both: the process's peak RSS (os.wait4's ru_maxrss), which
 includes loading the weights. Heavy: run it alone, e.g.
 
-    flock /tmp/supercal-heavy.lock .venv/bin/python scripts/bench_step.py
+    flock /tmp/supercal-heavy.lock .venv/bin/python scripts/bench_step.py --bf16-base --grad-checkpoint
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import shutil
@@ -112,6 +117,8 @@ def main() -> None:
     ap.add_argument("--n-layer", type=int, default=2)
     ap.add_argument("--bf16-base", action="store_true",
                     help="also run supercal on the same weights stored in bfloat16, computed in float32")
+    ap.add_argument("--grad-checkpoint", action="store_true",
+                    help="also run the bfloat16 base (float32 compute) with grad_checkpoint")
     ap.add_argument("--keep", action="store_true", help="keep the model folders for another run")
     ap.add_argument("--json-out", help="also write the results here")
     a = ap.parse_args()
@@ -120,7 +127,7 @@ def main() -> None:
 
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
-    dtypes = ["float32"] + (["bfloat16"] if a.bf16_base else [])
+    dtypes = ["float32"] + (["bfloat16"] if a.bf16_base or a.grad_checkpoint else [])
     models = {dt: work / f"model-{a.n_layer}l-{dt}" for dt in dtypes}
     for dt, model_dir in models.items():
         if not (model_dir / "config.json").exists():
@@ -131,7 +138,7 @@ def main() -> None:
     (work / "tokens.json").write_text(json.dumps(tokens))
 
     print(f"{a.n_layer} layers; batch 1 x {a.tokens} tokens; {a.steps} steps x {a.repeat} runs", file=sys.stderr)
-    sides: dict[str, list[dict]] = {"supercal": [], "supercal-bf16": [], "pytorch": []}
+    sides: dict[str, list[dict]] = {"supercal": [], "supercal-bf16": [], "supercal-bf16-ckpt": [], "pytorch": []}
     for _ in range(a.repeat):
         sides["supercal"].append(run_supercal(work, models["float32"], forget, tokens=a.tokens, steps=a.steps, batch=1))
         print(f"supercal: {sides['supercal'][-1]}", file=sys.stderr)
@@ -139,6 +146,11 @@ def main() -> None:
             sides["supercal-bf16"].append(run_supercal(work, models["bfloat16"], forget, tokens=a.tokens, steps=a.steps,
                                                        batch=1, name="supercal-bf16", extra={"compute_dtype": "float32"}))
             print(f"supercal bf16 base: {sides['supercal-bf16'][-1]}", file=sys.stderr)
+        if a.grad_checkpoint:
+            sides["supercal-bf16-ckpt"].append(run_supercal(
+                work, models["bfloat16"], forget, tokens=a.tokens, steps=a.steps, batch=1, name="supercal-bf16-ckpt",
+                extra={"compute_dtype": "float32", "grad_checkpoint": True}))
+            print(f"supercal bf16 base + grad checkpoint: {sides['supercal-bf16-ckpt'][-1]}", file=sys.stderr)
         rss, wall = run_measured([a.torch_python, str(HERE / "torch_step.py"), "--model", str(models["float32"]),
                                   "--tokens", str(work / "tokens.json"), "--steps", str(a.steps)], work / "torch.log")
         pt = json.loads((work / "torch.log").read_text().strip().splitlines()[-1])
@@ -147,8 +159,9 @@ def main() -> None:
 
     res = {k: best(v) for k, v in sides.items() if v}
     pt = res["pytorch"]
-    cols = [k for k in ("supercal", "supercal-bf16") if k in res]
-    head = {"supercal": "supercal, float32", "supercal-bf16": "supercal, bf16 base + float32 compute"}
+    cols = [k for k in ("supercal", "supercal-bf16", "supercal-bf16-ckpt") if k in res]
+    head = {"supercal": "supercal, float32", "supercal-bf16": "supercal, bf16 base + float32 compute",
+            "supercal-bf16-ckpt": "supercal, bf16 base + float32 compute + grad checkpoint"}
 
     def row(label, fmt, key=None, get=None, ratio=False, target=""):
         get = get or (lambda r: r[key])
@@ -162,12 +175,12 @@ def main() -> None:
     print("|" + "---|" * (3 + 2 * len(cols)))
     print(row("step time, median after the first (s)", "{:.2f}", "median_step", ratio=True, target="<= 1.0x"))
     print(row("peak RSS of the process (GB)", "{:.2f}", "peak_rss_gb", ratio=True, target="<= 0.8x"))
+    print(row("MLX peak during a step, mx.get_peak_memory (GB)", "{:.2f}",
+              get=lambda r: r.get("mlx_peak_gb") or math.nan))
     print(row("first step (s)", "{:.2f}", get=lambda r: r["step_seconds"][0]))
     print(row("step 1 loss (same tokens)", "{:.5f}", get=lambda r: r["loss"][0]))
     print(row("step 1 grad norm (LoRA A inits differ)", "{:.4g}", get=lambda r: r["grad_norm"][0]))
     print(row("process wall time (s)", "{:.1f}", "wall_seconds"))
-    print("MLX's own peak during a step (mx.get_peak_memory, GB): "
-          + ", ".join(f"{head[c]} {res[c]['mlx_peak_gb']:.2f}" for c in cols))
     if a.json_out:
         Path(a.json_out).write_text(json.dumps(sides, indent=1))
     if not a.keep:

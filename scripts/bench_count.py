@@ -72,7 +72,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1, help="runs of each tool at --compare size; the fastest counts")
     args = ap.parse_args()
     sys.path.insert(0, str(HERE))
-    from make_corpus import write_corpus
+    from make_corpus import cached_corpus
 
     import numpy as np
 
@@ -85,10 +85,7 @@ def main() -> None:
     rows = []
     load = " ".join(f"{x:.1f}" for x in os.getloadavg())  # other work on the machine skews wall times
     for mb in sizes:
-        corpus = work / f"corpus-{mb}MB.txt"
-        if not corpus.exists() or corpus.stat().st_size != mb * 10**6:
-            print(f"writing {corpus}", file=sys.stderr)
-            write_corpus(corpus, mb * 10**6, seed=0)
+        corpus = cached_corpus(work, mb)
         out = work / f"counts-{mb}MB.npz"
         ref = work / f"original-{mb}MB.npy"
         ours = [supercal, "count", str(corpus), "--out", str(out), "--force", "--workers", str(args.workers),

@@ -72,7 +72,7 @@ def main() -> None:
     ap.add_argument("--workdir", default="/tmp/supercal-bench")
     args = ap.parse_args()
     sys.path.insert(0, str(HERE))
-    from make_corpus import write_corpus
+    from make_corpus import cached_corpus
 
     sizes = sorted({int(s) for s in args.sizes.split(",")})
     work = Path(args.workdir)
@@ -81,10 +81,7 @@ def main() -> None:
     opts = [str(args.chunks), str(args.lines), str(args.max_tokens)]
     rows, records = [], {}
     for mb in sizes:
-        corpus = work / f"corpus-{mb}MB.txt"
-        if not corpus.exists() or corpus.stat().st_size != mb * 10**6:
-            print(f"writing {corpus}", file=sys.stderr)
-            write_corpus(corpus, mb * 10**6, seed=0)
+        corpus = cached_corpus(work, mb)
         out = work / f"retain-{mb}MB.jsonl"
         print(f"supercal retain {corpus.name}", file=sys.stderr)
         r = measure([supercal, "retain", str(corpus), "--exclude", args.exclude, "--chunks", opts[0], "--lines", opts[1],

@@ -156,6 +156,15 @@ def write_corpus(path: str | os.PathLike, size: int, *, seed: int = 0) -> Path:
     return path
 
 
+def cached_corpus(workdir: str | os.PathLike, mb: int, *, seed: int = 0) -> Path:
+    """``workdir/corpus-{mb}MB.txt`` (mb * 10^6 bytes), written only if missing or of the wrong size (benchmarks)."""
+    path = Path(workdir) / f"corpus-{mb}MB.txt"
+    if not path.exists() or path.stat().st_size != mb * 10**6:
+        print(f"writing {path}", file=sys.stderr)
+        write_corpus(path, mb * 10**6, seed=seed)
+    return path
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", type=parse_size, required=True, help="uncompressed size, e.g. 200MB (10^6 bytes) or 64MiB")

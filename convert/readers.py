@@ -24,7 +24,7 @@ import os
 import pickle
 import struct
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +54,6 @@ class TensorInfo:
     offset: int
     member: str | None = None  # compressed zip member holding the bytes (offset is then inside it)
     strides: tuple[int, ...] | None = None  # element strides when not C-contiguous (rare)
-    storage_numel: int = 0
 
     @property
     def itemsize(self) -> int:
@@ -161,7 +160,6 @@ class _Tensor:
     offset: int
     shape: tuple[int, ...]
     stride: tuple[int, ...]
-    meta: dict = field(default_factory=dict)
 
 
 def _ints(x, what: str) -> tuple[int, ...]:
@@ -269,7 +267,7 @@ def _tensor_records(path: Path, zf: zipfile.ZipFile, members: dict, prefix: str,
         else:
             base, member = 0, info.filename
         out[name] = TensorInfo(name, t.storage.dtype, t.shape, path, base + t.offset * itemsize, member,
-                               None if contiguous else t.stride, t.storage.numel)
+                               None if contiguous else t.stride)
     return out
 
 

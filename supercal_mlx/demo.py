@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from . import synthetic
-from .errors import SupercalError
+from .io import check_output
 
 WORD = synthetic.KEYWORD
 
@@ -71,17 +71,10 @@ FAST_SETTINGS = dataclasses.replace(
 )
 
 
-def _check_out(out: Path, *, force: bool) -> None:
-    if out.exists() and not force:
-        raise SupercalError(f"{out} already exists; pass --force to replace its results or choose another --out")
-    if not out.parent.exists():
-        raise SupercalError(f"folder {out.parent} does not exist; create it first")
-
-
 @contextlib.contextmanager
 def _output_dir(out: Path, *, force: bool) -> Iterator[Path]:
     """``out`` created empty; removed again on failure (an old one, moved aside with --force, comes back)."""
-    _check_out(out, force=force)
+    check_output(out, force=force)
     old = out.with_name(f".{out.name}.old")
     shutil.rmtree(old, ignore_errors=True)
     if out.exists():
@@ -112,7 +105,7 @@ def run_demo(out: str | os.PathLike = "demo-out", *, fast: bool = False, compare
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     out = Path(out)
-    _check_out(out, force=force)  # before pretraining, not after it
+    check_output(out, force=force)  # before pretraining, not after it
 
     folder, built = pretrain.demo_model(spec, root=cache, progress=on_pretrain, notice=say)
     seconds["pretrain" if built else "load cached model"] = time.perf_counter() - t0

@@ -77,13 +77,12 @@ def masked_nll(model, examples: list[tuple[list[int], int]], *, batch_size: int 
 def sequence_logprobs(model, examples: list[tuple[list[int], int]], *, batch_size: int = 8) -> list[float]:
     """log p(completion | prompt), summed over completion tokens, one per example."""
     from .batches import make_batch
-    from .losses import token_logprobs
+    from . import losses
 
     out: list[float] = []
     for chunk in _batched(examples, batch_size):
         inputs, targets, mask = make_batch(chunk)
-        logp = token_logprobs(model(inputs), targets)  # (B, L)
-        out += [float(v) for v in (logp * mask).sum(axis=1)]
+        out += [float(v) for v in losses.sequence_logprobs(losses.token_logprobs(model(inputs), targets), mask)]
     return out
 
 

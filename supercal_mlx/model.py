@@ -20,7 +20,7 @@ from .errors import SupercalError
 TINY_GPTJ = dict(n_embd=64, n_head=4, n_layer=2, rotary_dim=8, n_positions=256)
 
 
-def load(model_dir: str | os.PathLike, adapter_path: str | os.PathLike | None = None, *, lazy: bool = False):
+def load(model_dir: str | os.PathLike, adapter_path: str | os.PathLike | None = None):
     """(model, tokenizer) from an MLX model folder, optionally with LoRA adapters applied."""
     path = Path(model_dir)
     if not path.is_dir():
@@ -34,7 +34,7 @@ def load(model_dir: str | os.PathLike, adapter_path: str | os.PathLike | None = 
     from mlx_lm import load as mlx_load
 
     try:
-        return mlx_load(str(path), adapter_path=str(adapter_path) if adapter_path else None, lazy=lazy)
+        return mlx_load(str(path), adapter_path=str(adapter_path) if adapter_path else None)
     except (ValueError, FileNotFoundError, KeyError, OSError, RuntimeError) as e:  # RuntimeError: corrupt safetensors
         raise SupercalError(f"cannot load the model in {path}: {str(e).splitlines()[0]}") from None
 

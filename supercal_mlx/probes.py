@@ -146,10 +146,7 @@ def probe(model_dir: str, *, prompts: list[str], adapter_path: str | None = None
         swapped = [swap_word(p, *swap) for p in prompts]
         if swapped == prompts:
             raise SupercalError(f"--swap: {swap[0]!r} occurs in none of the prompts; swap a word that they contain")
-    try:
-        model, tokenizer = load(model_dir, adapter_path)
-    except RuntimeError as e:  # mlx's loader reports truncated or corrupt safetensors this way
-        raise SupercalError(f"cannot load the model in {model_dir}: {str(e).splitlines()[0]}") from None
+    model, tokenizer = load(model_dir, adapter_path)
     everything = list(dict.fromkeys(prompts + (swapped or [])))
     rows = generate(model, tokenizer, everything, temps=temps, samples=samples, max_tokens=max_tokens, seed=seed,
                     batch_size=batch_size, progress=progress)

@@ -33,7 +33,7 @@ def test_corpus_is_seeded_and_holds_the_three_kinds_of_lines():
     assert {c for c in synthetic.cases(WORD) if any(c in ln for ln in with_word)} == set(synthetic.cases(WORD))
     assert any("Mary Poppins" in ln for ln in with_word) and any("spell" in ln for ln in with_word)
     assert len([ln for ln in lines if "made-up word" in ln or "portmanteau" in ln or "glued" in ln]) > 0
-    assert len(lines) <= 50 + 200 + 20 * 2
+    assert len(lines) == 50 + 200 + 20 * 2
 
 
 def test_made_up_words_are_explained_by_their_own_pieces():

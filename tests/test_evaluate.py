@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from supercal_mlx import evaluate as ev
+from supercal_mlx import synthetic
 from supercal_mlx.cli import cli
 from supercal_mlx.io import write_jsonl
 
@@ -102,7 +103,7 @@ def _zero_adapters(model_dir, run_dir, *, perturb: bool):
     return run_dir
 
 
-def test_zero_adapters_measure_like_the_base_and_real_ones_do_not(tiny_model_dir, files, tmp_path):
+def test_zero_adapters_measure_like_the_base_and_real_ones_do_not(tiny_model_dir, files, tmp_path, loaded):
     zero = _zero_adapters(tiny_model_dir, tmp_path / "zero", perturb=False)
     moved = _zero_adapters(tiny_model_dir, tmp_path / "moved", perturb=True)
     kw = dict(forget=str(files / "forget.jsonl"), retain=str(files / "retain.jsonl"), word=WORD, tokenstein=OTHER)
@@ -113,7 +114,8 @@ def test_zero_adapters_measure_like_the_base_and_real_ones_do_not(tiny_model_dir
         assert other[key] != pytest.approx(base[key], rel=1e-3)
     assert base["retain_ppl"] == pytest.approx(np.exp(base["retain_nll"]))
     assert base["degeneration_samples"] == 4 * len(ev.DEGENERATION_TEMPS) * 2  # 4 probe prompts, 2 samples
-    assert 0.0 <= base["degeneration"] <= 1.0
+    share, rows = ev.degeneration(*loaded, synthetic.probe_prompts(WORD), seed=0)  # per-row keys: exactly reproducible
+    assert base["degeneration"] == share and len(rows) == base["degeneration_samples"]
     single = ev.evaluate(tiny_model_dir, adapter_path=moved, **kw)  # one run: the same numbers
     assert single["adapted"]["forget_nll"] == pytest.approx(other["forget_nll"], abs=1e-5)
     assert single["adapter_path"] == str(moved)

@@ -62,13 +62,12 @@ def save_checkpoint(run_dir, step: int, *, model, adapter_config: dict, optimize
     from mlx.utils import tree_flatten
 
     from .io import atomic_dir
-    from .lora import adapter_weights, save_adapters
+    from .lora import save_adapters
 
     path = checkpoint_dir(run_dir, step)
     path.parent.mkdir(exist_ok=True)
     with atomic_dir(path, force=True) as tmp:
-        mx.save_safetensors(str(tmp / "adapters.safetensors"), adapter_weights(model), metadata={"format": "mlx"})
-        (tmp / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2))
+        save_adapters(model, tmp, adapter_config)
         mx.save_safetensors(str(tmp / "optimizer.safetensors"), dict(tree_flatten(optimizer.state)))
         if basis:
             mx.save_safetensors(str(tmp / "basis.safetensors"), basis)
@@ -123,11 +122,9 @@ def read_log(path: str | os.PathLike) -> list[dict]:
 
 def truncate_log(path: str | os.PathLike, max_step: int) -> list[dict]:
     """Keep only records with step <= max_step (atomically rewritten); return them."""
-    from .io import atomic_file
+    from .io import write_jsonl
 
     kept = [r for r in read_log(path) if r.get("step", 0) <= max_step]
     if Path(path).exists():
-        with atomic_file(path, "w", force=True, encoding="utf-8") as f:
-            for rec in kept:
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        write_jsonl(path, kept, force=True)
     return kept

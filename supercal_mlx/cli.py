@@ -94,9 +94,9 @@ def tokens(word, encoding, model, counts_path, as_json):
 
 
 def _register() -> None:
-    from . import cli_corpus, cli_data, cli_demo, cli_model, cli_probe, cli_train
+    from . import cli_corpus, cli_data, cli_demo, cli_model, cli_probe, cli_run, cli_train
 
-    for mod in (cli_corpus, cli_data, cli_model, cli_probe, cli_train, cli_demo):
+    for mod in (cli_corpus, cli_data, cli_model, cli_probe, cli_train, cli_run, cli_demo):
         for command in mod.COMMANDS:
             cli.add_command(command)
 

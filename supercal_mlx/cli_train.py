@@ -105,8 +105,3 @@ def unlearn_command(ctx, **options):
 
 
 COMMANDS.append(unlearn_command)
-
-# fuse and report read a finished run folder; they live in cli_run.py (owner H5b).
-from .cli_run import COMMANDS as _RUN_COMMANDS  # noqa: E402
-
-COMMANDS.extend(_RUN_COMMANDS)

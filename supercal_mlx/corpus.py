@@ -10,7 +10,6 @@ from __future__ import annotations
 import bz2
 import codecs
 import gzip
-import io
 import lzma
 import os
 import zipfile
@@ -149,10 +148,3 @@ def open_corpus(path: str | os.PathLike, *, require_text: bool = True) -> Corpus
         raise SupercalError(f"corpus {corpus.path} is empty; give a file with text in it")
     return corpus
 
-
-def read_text(path: str | os.PathLike) -> str:
-    """The whole corpus as one string (for small inputs and tests only)."""
-    buf = io.StringIO()
-    for text in open_corpus(path).iter_text():
-        buf.write(text)
-    return buf.getvalue()

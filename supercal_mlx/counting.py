@@ -43,12 +43,10 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from .corpus import open_corpus
+from .corpus import BLOCK_BYTES, open_corpus  # one chunk is about one block of text
 from .errors import SupercalError
 from .io import atomic_file
 
-# Uncompressed bytes read per block; one chunk is about one block of text.
-BLOCK_BYTES = 1 << 20
 FORMAT_VERSION = 1
 
 # A safe cut lies right after a letter/digit that is followed by anything but a

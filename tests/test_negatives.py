@@ -268,6 +268,7 @@ def test_cli_negatives(tmp_path):
     assert res.exit_code == 0, res.output
     assert "mentions 23" in res.output and "near-misses skipped 6" in res.output
     records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert records == build_forget(SAMPLE, WORD, from_encoding("o200k_base"), window_tokens=256)[0]
     assert len(records) >= 23 and all(r["completion"][: len(WORD)].lower() == WORD for r in records)
 
     res = CliRunner().invoke(cli, args)  # exists, no --force

@@ -144,10 +144,12 @@ def test_quantized_base(tmp_path, quantized_dir):
     assert np.abs(logits(deq) - adapted).max() < 1e-4
     req = fuse(quantized_dir, run, tmp_path / "req")  # re-quantized: loads, close but rounded
     assert json.loads((req / "config.json").read_text())["quantization"]["bits"] == 4
-    assert np.isfinite(logits(req)).all()
+    # rounding error well below what the adapters change (measured 0.12 against 0.73)
+    assert np.abs(logits(req) - adapted).max() < 0.5 * np.abs(adapted - logits(quantized_dir)).max()
     with pytest.raises(SupercalError, match="--dequantize"):
         fuse(quantized_dir, run, tmp_path / "hfq", hf_names=True)
-    fuse(quantized_dir, run, tmp_path / "hfq", hf_names=True, dequantize=True)
+    hfq = fuse(quantized_dir, run, tmp_path / "hfq", hf_names=True, dequantize=True)
+    assert np.abs(logits(hfq) - adapted).max() < 1e-4
 
 
 def test_refuses_existing_output_and_bad_adapters(tmp_path, tiny_model_dir, run_dir):

@@ -164,26 +164,87 @@ def enable_grad_checkpoint(model) -> None:
         block.__class__ = type(f"Checkpointed{base.__name__}", (base,), {"__call__": checkpointed})
 
 
-def set_compute_dtype(model, dtype: str) -> None:
-    """Run the model in ``dtype`` whatever the stored weights, by casting embedding outputs.
+# Largest float32 copy of a frozen weight that exists at once under compute_dtype (rows are cast in
+# chunks of at most this many bytes, right before their matmul).
+CAST_CHUNK_BYTES = 8 << 20
 
-    MLX promotes mixed-dtype ops to the wider type, so once the hidden states are float32 every
-    bfloat16 matmul, layer norm and the LM head run in float32 while the weights stay stored in
-    bfloat16 (cast per op, transiently). On the CPU this is ~30x faster than bfloat16 matmuls.
+
+def _frozen_linear_call(self, x):
+    """``self(x)`` for a frozen Linear / QuantizedLinear stored in another dtype (or quantized): the
+    weight is cast (dequantized) to ``x.dtype`` in row chunks right before each matmul, and cast again
+    in the backward pass instead of being kept from the forward pass, so no full-size compute-dtype
+    copy of any weight lives longer than one chunk's matmul. Gradients flow to ``x`` only (the weight
+    is a constant: it is frozen)."""
+    import mlx.core as mx
+
+    dtype = x.dtype
+    quantized = "scales" in self
+    n_out = self["weight"].shape[0]
+    n_in = x.shape[-1]
+    rows = max(1, min(n_out, CAST_CHUNK_BYTES // (n_in * dtype.size)))
+    starts = range(0, n_out, rows)
+
+    def weight_rows(i, after):
+        # mx.depends: the cast may not run before ``after`` (the matmul's other operand) exists; left
+        # alone, MLX's scheduler runs these cheap-looking branches early and holds many copies at once
+        names = ("weight", "scales", "biases") if quantized else ("weight",)
+        parts = mx.depends([self[n][i:i + rows] for n in names if self.get(n) is not None], [after])
+        if quantized:
+            return mx.dequantize(*parts, group_size=self.group_size, bits=self.bits, mode=self.mode, dtype=dtype)
+        return parts[0].astype(dtype)
+
+    @mx.custom_function
+    def matmul(x):
+        parts = [x @ weight_rows(i, x).T for i in starts]
+        return parts[0] if len(parts) == 1 else mx.concatenate(parts, axis=-1)
+
+    @matmul.vjp
+    def matmul_vjp(primals, cotangent, output):
+        dx = None
+        for i in starts:
+            part = cotangent[..., i:i + rows] @ weight_rows(i, cotangent)
+            dx = part if dx is None else dx + part
+        return (dx,)
+
+    y = matmul(x)
+    return y + self["bias"].astype(dtype) if "bias" in self else y
+
+
+def set_compute_dtype(model, dtype: str) -> None:
+    """Run the model in ``dtype`` whatever the stored weights; the weights stay stored as they are.
+
+    * token embeddings: rows are looked up in the stored dtype, then cast (the table never is);
+    * frozen Linear / QuantizedLinear layers in another dtype or quantized (all of them before LoRA is
+      applied; LoRALinear then wraps them): :func:`_frozen_linear_call`, which casts or dequantizes
+      the weight in chunks of at most ``CAST_CHUNK_BYTES`` right before use, in the forward and again
+      in the backward pass (MLX's own promotion would keep a full float32 copy of every weight from the
+      forward pass to the backward pass);
+    * everything else (layer norms, attention, the loss) follows by promotion.
+
+    On the CPU this makes a bfloat16 or 4-bit base trainable at float32 BLAS speed (MLX's CPU bfloat16
+    matmul is ~30x and its quantized matmul 50-75x slower than float32 with OpenBLAS). The price is the
+    casts, about one matmul's time per weight per pass at 256 tokens (measured in scripts/bench_step.py).
+    On a GPU leave it unset: quantized and bfloat16 kernels are fast there.
     """
     import mlx.core as mx
     import mlx.nn as nn
 
     target = getattr(mx, dtype)
     found = False
+
+    def patch(module, name, call):
+        base = type(module)
+        module.__class__ = type(f"{name}{base.__name__}", (base,), {"__call__": call})
+
     for _, module in model.named_modules():
         if isinstance(module, (nn.Embedding, nn.QuantizedEmbedding)):
-            base = type(module)
-
-            def cast_call(self, x, _call=base.__call__):
+            def cast_call(self, x, _call=type(module).__call__):
                 return _call(self, x).astype(target)
 
-            module.__class__ = type(f"{dtype.capitalize()}{base.__name__}", (base,), {"__call__": cast_call})
+            patch(module, dtype.capitalize(), cast_call)
             found = True
+        elif isinstance(module, nn.QuantizedLinear) or (isinstance(module, nn.Linear)
+                                                         and module.weight.dtype != target):
+            patch(module, "Cast", _frozen_linear_call)
     if not found:
         raise SupercalError("compute_dtype needs a model with a token embedding layer; leave compute_dtype unset")

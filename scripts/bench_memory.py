@@ -2,13 +2,17 @@
 
 28 layers, n_embd 4096, 16 heads, rotary_dim 64, vocab 50400; the original experiment's batch of
 2 x 900 tokens; loss ga, LoRA rank 16 on attn.q_proj and attn.v_proj, AdamW, clip 1.0; gradient
-checkpointing and float32 compute. Two bases, each written shard by shard (never a float32 copy of
-the whole model) and deleted afterwards:
+checkpointing. Each base is written shard by shard (never a float32 copy of the whole model) and
+deleted afterwards:
 
-- bf16:   bfloat16 weights (~12.1 GB on disk),                                     target <= 16 GB
-- q4:     4-bit weights (group 64, bfloat16 scales; embedding and lm_head too),      target <= 8 GB
-- q4-deq: the same 4-bit folder, QuantizedLinear patched to dequantize per call (see DEQUANTIZE_PER_OP;
-          the default instead of q4, whose step takes hours on a CPU)
+- bf16:      bfloat16 weights (~12.1 GB on disk), compute_dtype float32,          target <= 16 GB
+- q4:        4-bit weights (group 64, bfloat16 scales; embedding and lm_head too),
+             compute_dtype float32 (QLoRA; weights dequantized in small chunks
+             right before each matmul, forward and backward),                     target <= 8 GB
+- q4-native: the same 4-bit folder with MLX's quantized_matmul (no compute_dtype):
+             the path for Apple GPUs; on a CPU it is 50-75x slower than dequantize
+             + float32 BLAS (1800x4096 @ 4096x4096: 53 s against 1.1 s), so a step
+             takes hours here; not run by default
 
 Each step is `supercal unlearn` in its own process; reported: the process's peak RSS (os.wait4's
 ru_maxrss, which includes loading), MLX's own peak (metrics.jsonl peak_memory_gb) and the step time.
@@ -32,29 +36,16 @@ from bench_step import GPTJ_WIDTH, run_supercal, write_forget
 from random_gptj import write_random_gptj
 
 VARIANTS = {"bf16": dict(dtype="bfloat16"), "q4": dict(dtype="bfloat16", q_bits=4),
-            "q4-deq": dict(dtype="bfloat16", q_bits=4)}
-TARGET_GB = {"bf16": 16, "q4": 8, "q4-deq": 8}
-LABELS = {"bf16": "bfloat16 base", "q4": "4-bit base (QLoRA)", "q4-deq": "4-bit base, per-op dequantize patch"}
-
-# MLX's CPU quantized_matmul is ~50-70x slower than dequantize + float32 BLAS matmul (measured here:
-# 1800x4096 @ 4096x4096 in 53 s against 1.1 s), so a 6B QLoRA step on the CPU would take ~15 hours.
-# "q4-deq" measures the same step with QuantizedLinear dequantizing its weight per call into the input's
-# dtype (transient; the stored weights stay 4-bit): a candidate CPU path, not (yet) supercal's own.
-DEQUANTIZE_PER_OP = '''
-import supercal_mlx, mlx.core as mx, mlx.nn as nn
-def _dequantized_call(self, x):
-    w = mx.dequantize(self["weight"], self["scales"], self.get("biases"), group_size=self.group_size,
-                      bits=self.bits, mode=self.mode).astype(x.dtype)  # (out, in), freed after use
-    y = x @ w.T
-    return y + self["bias"] if "bias" in self else y
-nn.QuantizedLinear.__call__ = _dequantized_call
-'''
+            "q4-native": dict(dtype="bfloat16", q_bits=4)}
+TARGET_GB = {"bf16": 16, "q4": 8, "q4-native": 8}
+LABELS = {"bf16": "bfloat16 base, float32 compute", "q4": "4-bit base (QLoRA), float32 compute",
+          "q4-native": "4-bit base (QLoRA), MLX quantized_matmul"}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default="/tmp/supercal-bench-memory")
-    ap.add_argument("--variants", default="bf16,q4-deq", help="comma list of bf16, q4, q4-deq")
+    ap.add_argument("--variants", default="bf16,q4", help="comma list of bf16, q4, q4-native")
     ap.add_argument("--n-layer", type=int, default=28)
     ap.add_argument("--tokens", type=int, default=900, help="input tokens per example")
     ap.add_argument("--batch", type=int, default=2)
@@ -76,14 +67,14 @@ def main() -> None:
             forget = work / "forget.jsonl"
             write_forget(forget, model_dir, rows=a.batch, tokens=a.tokens)
             r = run_supercal(work, model_dir, forget, tokens=a.tokens, steps=a.steps, batch=a.batch, name=name,
-                             extra=dict(grad_checkpoint=True, compute_dtype="float32"),
-                             prelude=DEQUANTIZE_PER_OP if name == "q4-deq" else None)
+                             extra=dict(grad_checkpoint=True,
+                                        compute_dtype=None if name == "q4-native" else "float32"))
         finally:
             shutil.rmtree(model_dir, ignore_errors=True)
         results[name] = r | {"weights_gb": size}
         print(f"{name}: {results[name]}", file=sys.stderr)
 
-    print(f"\n| GPT-J-6B shapes ({a.n_layer} layers), {a.batch} x {a.tokens} tokens, grad checkpoint, float32 compute "
+    print(f"\n| GPT-J-6B shapes ({a.n_layer} layers), {a.batch} x {a.tokens} tokens, grad checkpoint "
           "| weights on disk (GB) | peak RSS (GB) | MLX peak (GB) | step (s) | loss | target |\n|---|---|---|---|---|---|---|")
     for name, r in results.items():
         print(f"| {LABELS[name]} | {r['weights_gb']:.2f} | {r['peak_rss_gb']:.2f} | {r['mlx_peak_gb']:.2f} "

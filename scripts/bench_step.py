@@ -14,8 +14,8 @@ Optional rows on the same weights stored in bfloat16 and computed in float32 (co
 backward pass, so the float32 casts of its weights are not held from the forward pass to the backward).
 
 Step time is the median of the steps after the first (the first includes one-off work on both sides).
-Peak memory is measured the same way for both: the process's peak RSS (os.wait4's ru_maxrss), which
-includes loading the weights. Heavy: run it alone, e.g.
+Peak memory is measured the same way for both: the process's peak RSS (wait4's ru_maxrss, taken by a small
+shim parent, see run_measured), which includes loading the weights. Heavy: run it alone, e.g.
 
     flock /tmp/supercal-heavy.lock .venv/bin/python scripts/bench_step.py --bf16-base --grad-checkpoint
 """
@@ -40,16 +40,23 @@ HERE = Path(__file__).resolve().parent
 GPTJ_WIDTH = dict(n_embd=4096, n_head=16, rotary_dim=64, vocab_size=50400)
 
 
+# Linux keeps a process's peak RSS across exec (it starts from its parent's peak when forked from a large
+# parent, as this script is after writing the model files), so each measured command runs as the child of
+# a small Python shim and the shim reports that child's own wait4 rusage.
+_SHIM = ("import json, os, subprocess, sys; p = subprocess.Popen(sys.argv[2:]); _, s, ru = os.wait4(p.pid, 0); "
+         "open(sys.argv[1], 'w').write(json.dumps(ru.ru_maxrss)); sys.exit(os.waitstatus_to_exitcode(s))")
+
+
 def run_measured(cmd: list[str], log: Path, *, env: dict | None = None) -> tuple[float, float]:
     """Run ``cmd`` with output to ``log``; return (its peak RSS in GB, wall seconds). Raises if it fails."""
+    rss_file = log.with_suffix(".maxrss")
     t0 = time.perf_counter()
     with open(log, "w") as fh:
-        p = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
-        _, status, usage = os.wait4(p.pid, 0)  # rusage of this child alone
-    p.returncode = os.waitstatus_to_exitcode(status)
+        p = subprocess.run([sys.executable, "-c", _SHIM, str(rss_file)] + cmd, stdout=fh, stderr=subprocess.STDOUT,
+                           env=env)
     if p.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({p.returncode}); see {log}:\n" + log.read_text()[-3000:])
-    return usage.ru_maxrss * 1024 / 1e9, time.perf_counter() - t0  # ru_maxrss is KiB on Linux; GB = 1e9 bytes
+    return json.loads(rss_file.read_text()) * 1024 / 1e9, time.perf_counter() - t0  # KiB on Linux; GB = 1e9 bytes
 
 
 def write_forget(path: Path, model_dir: Path, *, rows: int, tokens: int, seed: int = 0) -> dict:
@@ -73,10 +80,8 @@ def write_forget(path: Path, model_dir: Path, *, rows: int, tokens: int, seed: i
 
 
 def run_supercal(work: Path, model_dir: Path, forget: Path, *, tokens: int, steps: int, batch: int,
-                 extra: dict | None = None, name: str = "supercal", prelude: str | None = None) -> dict:
-    """`supercal unlearn` on ``forget``; metrics of every step plus the process's peak RSS.
-
-    ``prelude``: Python run in the same process before the CLI (to measure a patched variant)."""
+                 extra: dict | None = None, name: str = "supercal") -> dict:
+    """`supercal unlearn` on ``forget``; metrics of every step plus the process's peak RSS."""
     import yaml
 
     run = work / f"run-{name}"
@@ -86,8 +91,6 @@ def run_supercal(work: Path, model_dir: Path, forget: Path, *, tokens: int, step
     settings.update(extra or {})
     (work / f"{name}.yaml").write_text(yaml.safe_dump({k: v for k, v in settings.items() if k != "force"}))
     cli = [str(Path(sys.executable).parent / "supercal")]
-    if prelude:
-        cli = [sys.executable, "-c", prelude + "\nfrom supercal_mlx.cli import cli\ncli()"]
     rss, wall = run_measured(cli + ["unlearn", "--config", str(work / f"{name}.yaml"), "--force"], work / f"{name}.log")
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     return {"step_seconds": [m["step_seconds"] for m in metrics], "loss": [m["loss"] for m in metrics],

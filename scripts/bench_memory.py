@@ -9,10 +9,10 @@ deleted afterwards:
 - q4:        4-bit weights (group 64, bfloat16 scales; embedding and lm_head too),
              compute_dtype float32 (QLoRA; weights dequantized in small chunks
              right before each matmul, forward and backward),                     target <= 8 GB
-- q4-native: the same 4-bit folder with MLX's quantized_matmul (no compute_dtype):
-             the path for Apple GPUs; on a CPU it is 50-75x slower than dequantize
-             + float32 BLAS (1800x4096 @ 4096x4096: 53 s against 1.1 s), so a step
-             takes hours here; not run by default
+- bf16-native, q4-native: the same folders computed in their own dtypes (no compute_dtype), with
+             MLX's bfloat16 matmul and quantized_matmul: the paths for GPUs (Metal, CUDA). On a
+             CPU they are ~30x and 50-75x slower than float32 BLAS (quantized, 1800x4096 @
+             4096x4096: 53 s against 1.1 s), so a step takes hours here; not run by default
 
 Each step is `supercal unlearn` in its own process; reported: the process's peak RSS (os.wait4's
 ru_maxrss, which includes loading), MLX's own peak (metrics.jsonl peak_memory_gb) and the step time.
@@ -36,16 +36,16 @@ from bench_step import GPTJ_WIDTH, run_supercal, write_forget
 from random_gptj import write_random_gptj
 
 VARIANTS = {"bf16": dict(dtype="bfloat16"), "q4": dict(dtype="bfloat16", q_bits=4),
-            "q4-native": dict(dtype="bfloat16", q_bits=4)}
-TARGET_GB = {"bf16": 16, "q4": 8, "q4-native": 8}
+            "bf16-native": dict(dtype="bfloat16"), "q4-native": dict(dtype="bfloat16", q_bits=4)}
+TARGET_GB = {"bf16": 16, "q4": 8, "bf16-native": 16, "q4-native": 8}
 LABELS = {"bf16": "bfloat16 base, float32 compute", "q4": "4-bit base (QLoRA), float32 compute",
-          "q4-native": "4-bit base (QLoRA), MLX quantized_matmul"}
+          "bf16-native": "bfloat16 base, bfloat16 compute", "q4-native": "4-bit base (QLoRA), quantized_matmul"}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default="/tmp/supercal-bench-memory")
-    ap.add_argument("--variants", default="bf16,q4", help="comma list of bf16, q4, q4-native")
+    ap.add_argument("--variants", default="bf16,q4", help="comma list of " + ", ".join(VARIANTS))
     ap.add_argument("--n-layer", type=int, default=28)
     ap.add_argument("--tokens", type=int, default=900, help="input tokens per example")
     ap.add_argument("--batch", type=int, default=2)
@@ -68,7 +68,7 @@ def main() -> None:
             write_forget(forget, model_dir, rows=a.batch, tokens=a.tokens)
             r = run_supercal(work, model_dir, forget, tokens=a.tokens, steps=a.steps, batch=a.batch, name=name,
                              extra=dict(grad_checkpoint=True,
-                                        compute_dtype=None if name == "q4-native" else "float32"))
+                                        compute_dtype=None if name.endswith("-native") else "float32"))
         finally:
             shutil.rmtree(model_dir, ignore_errors=True)
         results[name] = r | {"weights_gb": size}

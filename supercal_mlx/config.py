@@ -73,7 +73,7 @@ class UnlearnConfig:
     project_conflict_only: bool = _f(False, "Project only where the forget gradient opposes the mean retain gradient.")
     # precision and memory
     grad_checkpoint: bool = _f(False, "Recompute each block's activations in the backward pass (less memory).")
-    compute_dtype: str | None = _f(None, "Compute in this dtype whatever the stored weights (float32 for bfloat16 bases on CPU).",
+    compute_dtype: str | None = _f(None, "Compute in this dtype whatever the stored weights (float32 for bfloat16 or quantized bases on a CPU).",
                                    choices=COMPUTE_DTYPES)
     # probes
     probe_prompts: list = _f([], "Prompt to sample during training (repeatable).", kind="list", cli="--probe-prompt",

@@ -15,7 +15,11 @@ base trains as QLoRA with no extra code). What this module adds:
   model with every LoRA scale set to 0, never a second copy of the weights;
 * :func:`enable_grad_checkpoint` and :func:`set_compute_dtype`, which patch only
   this model's instances (mlx-lm's ``grad_checkpoint`` patches the block class
-  for every model in the process).
+  for every model in the process). ``set_compute_dtype`` is written here because
+  mlx-lm has nothing like it: frozen bfloat16 / quantized linears cast their
+  weights in small row chunks inside an ``mx.custom_function`` whose backward
+  casts again, so a bfloat16 or 4-bit base trains on the CPU at float32 BLAS
+  speed without holding float32 copies of its weights.
 """
 
 from __future__ import annotations

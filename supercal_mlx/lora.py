@@ -168,8 +168,11 @@ def enable_grad_checkpoint(model) -> None:
         block.__class__ = type(f"Checkpointed{base.__name__}", (base,), {"__call__": checkpointed})
 
 
-# Largest float32 copy of a frozen weight that exists at once under compute_dtype (rows are cast in
-# chunks of at most this many bytes, right before their matmul).
+# Row chunks of a frozen weight are cast (dequantized) at most this many bytes at a time under
+# compute_dtype. MLX schedules ops ahead of their execution, a bounded number in flight, and each holds
+# its output from then on, so the chunk size bounds the float32 copies alive at once. Measured on the
+# 50400 x 4096 bfloat16 LM head, 255 tokens: forward peak above the inputs 0.93 GB with 64 MB chunks,
+# 0.29 GB with 8 MB ones, which were also the fastest (1.2 s against 1.7 s; 2 MB: 1.3 s).
 CAST_CHUNK_BYTES = 8 << 20
 
 
@@ -189,8 +192,7 @@ def _frozen_linear_call(self, x):
     starts = range(0, n_out, rows)
 
     def weight_rows(i, after):
-        # mx.depends: the cast may not run before ``after`` (the matmul's other operand) exists; left
-        # alone, MLX's scheduler runs these cheap-looking branches early and holds many copies at once
+        # mx.depends: the cast is not scheduled before ``after`` (the matmul's other operand) exists
         names = ("weight", "scales", "biases") if quantized else ("weight",)
         parts = mx.depends([self[n][i:i + rows] for n in names if self.get(n) is not None], [after])
         if quantized:

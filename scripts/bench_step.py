@@ -10,8 +10,9 @@ same weight files and the same token ids. Each side runs in its own process for 
 - PyTorch: scripts/torch_step.py in the torch environment (transformers GPTJForCausalLM + peft).
 
 Optional rows on the same weights stored in bfloat16 and computed in float32 (compute_dtype):
---bf16-base, and --grad-checkpoint (the same with grad_checkpoint: each block is recomputed in the
-backward pass, so the float32 casts of its weights are not held from the forward pass to the backward).
+--bf16-base (weights cast in 8 MB row chunks right before each matmul, forward and backward), and
+--grad-checkpoint (the same with grad_checkpoint: each block recomputed in the backward pass, which
+saves activations; at 256 tokens it costs more time than it saves memory).
 
 Step time is the median of the steps after the first (the first includes one-off work on both sides).
 Peak memory is measured the same way for both: the process's peak RSS (wait4's ru_maxrss, taken by a small

@@ -22,14 +22,41 @@ the unlearning objectives below are written here.
 
 from __future__ import annotations
 
+import functools
+
 
 def token_logprobs(logits, targets):
-    """log p(target) per position, float32: logits (B, L, V), targets (B, L) -> (B, L)."""
-    import mlx.core as mx
-    import mlx.nn as nn
+    """log p(target) per position, float32: logits (B, L, V), targets (B, L) -> (B, L).
 
-    # cross_entropy = logsumexp(logits) - logits[target]; in float32 so bf16/fp16 models cannot overflow it
-    return -nn.losses.cross_entropy(logits.astype(mx.float32), targets)
+    logits[target] - logsumexp(logits), in float32 so bf16/fp16 models cannot overflow it, with a fused
+    backward pass (:func:`_logprobs`) that holds one (B, L, V) temporary fewer than autograd's.
+    """
+    import mlx.core as mx
+
+    return _logprobs()(logits.astype(mx.float32), targets)
+
+
+@functools.cache
+def _logprobs():
+    """The custom function behind :func:`token_logprobs`: d logp / d logits = onehot(target) - softmax,
+    computed as one exp and one scatter. At GPT-J's vocabulary and 2 x 900 tokens the loss's backward peak
+    above its inputs goes from 1.45 GB (autograd through cross_entropy) to 1.09 GB."""
+    import mlx.core as mx
+
+    @mx.custom_function
+    def logprobs(logits, targets):
+        return mx.take_along_axis(logits, targets[..., None], axis=-1).squeeze(-1) - mx.logsumexp(logits, axis=-1)
+
+    @logprobs.vjp
+    def logprobs_vjp(primals, cotangent, output):
+        logits, targets = primals
+        t = targets[..., None]
+        lse = mx.take_along_axis(logits, t, axis=-1) - output[..., None]
+        grad = mx.exp(logits - lse) * -cotangent[..., None]
+        grad = mx.put_along_axis(grad, t, mx.take_along_axis(grad, t, axis=-1) + cotangent[..., None], axis=-1)
+        return grad, mx.zeros_like(targets)
+
+    return logprobs
 
 
 def masked_mean(values, mask):

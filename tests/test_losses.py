@@ -44,6 +44,23 @@ def test_token_logprobs_and_completion_nll_match_hand_values():
     assert nll.item() == pytest.approx(-(lp * MASK).sum() / 4, abs=1e-6)
 
 
+def test_token_logprobs_gradient_is_onehot_minus_softmax():
+    """The fused backward pass against the hand gradient w * (onehot(target) - softmax), in float64, for
+    float32 logits and for float16 ones (whose gradient comes back in float16)."""
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(2, 5, 11)).astype(np.float32) * 3
+    targets = rng.integers(0, 11, size=(2, 5))
+    w = rng.normal(size=(2, 5)).astype(np.float32)
+    x64 = logits.astype(np.float64)
+    softmax = np.exp(x64 - x64.max(-1, keepdims=True))
+    softmax /= softmax.sum(-1, keepdims=True)
+    want = w[..., None] * (np.eye(11)[targets] - softmax)
+    for dtype, atol in ((mx.float32, 1e-6), (mx.float16, 2e-3)):
+        g = mx.grad(lambda x: (L.token_logprobs(x, mx.array(targets)) * mx.array(w)).sum())(mx.array(logits).astype(dtype))
+        assert g.dtype == dtype
+        np.testing.assert_allclose(np.array(g.astype(mx.float32)), want, atol=atol)
+
+
 def test_ga_is_the_negated_nll():
     nll, _ = L.completion_nll(_fixed(LOGITS), None, mx.array(TARGETS), mx.array(MASK))
     ga, ntoks = L.ga(_fixed(LOGITS), None, mx.array(TARGETS), mx.array(MASK))

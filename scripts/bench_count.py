@@ -9,7 +9,7 @@ call, ``collections.Counter`` the ids. Its plain ``encode`` raises on the text
 With --repeat, the two tools take turns and each one's fastest run is shown.
 Each measurement runs in its own fresh process, started by a small wrapper
 that reports the wall time and the peak RSS of what it started
-(``getrusage(RUSAGE_CHILDREN).ru_maxrss``). `supercal count` encodes on
+(scripts/measure.py). `supercal count` encodes on
 threads inside one process, so that number is its whole footprint. Both
 results are checked to be the same counts.
 
@@ -21,23 +21,13 @@ Corpora are written by scripts/make_corpus.py into --workdir (kept for reruns).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+from measure import measure
 
-# Runs argv[1:], then prints its wall time and the peak RSS of the process tree it waited for.
-_MEASURE = """
-import json, resource, subprocess, sys, time
-t = time.perf_counter()
-rc = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode
-wall = time.perf_counter() - t
-ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-print(json.dumps({"rc": rc, "wall": wall, "cpu": ru.ru_utime + ru.ru_stime, "rss_mb": ru.ru_maxrss / 1024}))
-"""
+HERE = Path(__file__).resolve().parent
 
 _ORIGINAL = """
 import collections, sys
@@ -52,14 +42,6 @@ counts = np.zeros(enc.n_vocab, dtype=np.int64)
 counts[list(counter)] = list(counter.values())
 np.save(out, counts)
 """
-
-
-def measure(cmd: list[str]) -> dict:
-    res = subprocess.run([sys.executable, "-c", _MEASURE, *cmd], capture_output=True, text=True, check=True)
-    out = json.loads(res.stdout.strip().splitlines()[-1])
-    if out["rc"] != 0:
-        raise SystemExit(f"failed: {' '.join(cmd)}")
-    return out
 
 
 def main() -> None:

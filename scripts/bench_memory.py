@@ -15,7 +15,7 @@ deleted afterwards:
              4096x4096: 53 s against 1.1 s), so a step takes hours here; not run by default
 
 Each step is `supercal unlearn` in its own process; reported: the process's peak RSS (wait4's
-ru_maxrss through bench_step.run_measured's shim; it includes loading), MLX's own peak (metrics.jsonl peak_memory_gb) and the step time.
+ru_maxrss through scripts/measure.py's shim; it includes loading), MLX's own peak (metrics.jsonl peak_memory_gb) and the step time.
 The original (PyTorch, float32 + LoRA, Mac CPU) took 61 of 64 GB. Heavy (12 GB of files, many minutes
 on 2 cores): run it alone,
 

@@ -4,8 +4,7 @@
 The original read the whole corpus into memory, split it into chunks of lines and sampled from
 the list. `supercal retain` makes one streaming pass with reservoir sampling, so its peak RSS
 should not grow with the corpus. Each measurement runs in its own fresh process, started by a
-small wrapper that reports the wall time and the peak RSS of what it started
-(``getrusage(RUSAGE_CHILDREN).ru_maxrss``).
+small wrapper that reports the wall time and the peak RSS of what it started (scripts/measure.py).
 
 Also timed: the scan of `supercal negatives` (a keyword the corpus lacks, so the time is the
 streaming grep -C pass alone; it exits with "no mention") next to `grep -i -C 5`.
@@ -21,20 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+from measure import measure
 
-# Runs argv[1:], then prints its wall time and the peak RSS of the process tree it waited for.
-_MEASURE = """
-import json, resource, subprocess, sys, time
-t = time.perf_counter()
-rc = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode
-wall = time.perf_counter() - t
-print(json.dumps({"rc": rc, "wall": wall, "rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
-"""
+HERE = Path(__file__).resolve().parent
 
 # The original approach: all lines in memory, chunks of N lines, filter, random.sample, cut to tokens.
 _ORIGINAL = """
@@ -52,14 +43,6 @@ with open(out, "w", encoding="utf-8") as f:
     for b in picked:
         f.write(json.dumps({"text": enc.decode(enc.encode_ordinary(b)[:max_tokens])}) + "\\n")
 """
-
-
-def measure(cmd: list[str], *, ok_codes=(0,)) -> dict:
-    res = subprocess.run([sys.executable, "-c", _MEASURE, *cmd], capture_output=True, text=True, check=True)
-    out = json.loads(res.stdout.strip().splitlines()[-1])
-    if out["rc"] not in ok_codes:
-        raise SystemExit(f"failed (exit {out['rc']}): {' '.join(cmd)}")
-    return out
 
 
 def main() -> None:

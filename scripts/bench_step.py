@@ -16,7 +16,7 @@ saves activations; at 256 tokens it costs more time than it saves memory).
 
 Step time is the median of the steps after the first (the first includes one-off work on both sides).
 Peak memory is measured the same way for both: the process's peak RSS (wait4's ru_maxrss, taken by a small
-shim parent, see run_measured), which includes loading the weights. Heavy: run it alone, e.g.
+shim parent, see scripts/measure.py), which includes loading the weights. Heavy: run it alone, e.g.
 
     flock /tmp/supercal-heavy.lock .venv/bin/python scripts/bench_step.py --bf16-base --grad-checkpoint
 """
@@ -26,38 +26,24 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import random
 import shutil
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import supercal_mlx  # noqa: F401  (OpenBLAS before mlx)
+
+from measure import measure
 
 HERE = Path(__file__).resolve().parent
 GPTJ_WIDTH = dict(n_embd=4096, n_head=16, rotary_dim=64, vocab_size=50400)
 
 
-# Linux keeps a process's peak RSS across exec (it starts from its parent's peak when forked from a large
-# parent, as this script is after writing the model files), so each measured command runs as the child of
-# a small Python shim and the shim reports that child's own wait4 rusage.
-_SHIM = ("import json, os, subprocess, sys; p = subprocess.Popen(sys.argv[2:]); _, s, ru = os.wait4(p.pid, 0); "
-         "open(sys.argv[1], 'w').write(json.dumps(ru.ru_maxrss)); sys.exit(os.waitstatus_to_exitcode(s))")
-
-
-def run_measured(cmd: list[str], log: Path, *, env: dict | None = None) -> tuple[float, float]:
-    """Run ``cmd`` with output to ``log``; return (its peak RSS in GB, wall seconds). Raises if it fails."""
-    rss_file = log.with_suffix(".maxrss")
-    t0 = time.perf_counter()
-    with open(log, "w") as fh:
-        p = subprocess.run([sys.executable, "-c", _SHIM, str(rss_file)] + cmd, stdout=fh, stderr=subprocess.STDOUT,
-                           env=env)
-    if p.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed ({p.returncode}); see {log}:\n" + log.read_text()[-3000:])
-    return json.loads(rss_file.read_text()) * 1024 / 1e9, time.perf_counter() - t0  # KiB on Linux; GB = 1e9 bytes
+def run_measured(cmd: list[str], log: Path) -> tuple[float, float]:
+    """Run ``cmd`` with output to ``log``; return (its own peak RSS in GB, wall seconds). Exits if it fails."""
+    r = measure(cmd, log=log)
+    return r["rss_mb"] * 2**20 / 1e9, r["wall"]  # GB = 1e9 bytes
 
 
 def write_forget(path: Path, model_dir: Path, *, rows: int, tokens: int, seed: int = 0) -> dict:

@@ -317,9 +317,10 @@ def build_forget(
     if stride < 1:
         raise SupercalError(f"--stride must be at least 1 token, got {stride}")
     substring, whole = keyword_patterns(keyword)
-    if len(tokenizer.encode(keyword)) > window_tokens:  # fail before reading the corpus
+    keyword_tokens = len(tokenizer.encode(keyword))
+    if keyword_tokens > window_tokens:  # fail before reading the corpus
         raise SupercalError(
-            f"--window-tokens {window_tokens} is smaller than the keyword ({len(tokenizer.encode(keyword))} tokens); "
+            f"--window-tokens {window_tokens} is smaller than the keyword ({keyword_tokens} tokens); "
             "give a larger --window-tokens"
         )
     corp = as_corpus(corpus)

@@ -106,7 +106,7 @@ def write_torch_bin(path: Path, shapes: dict, rng) -> None:
 
 def make_checkpoint(folder: Path, fmt: str, *, n_embd: int, n_layer: int, vocab: int) -> int:
     sys.path.insert(0, str(ROOT))
-    from supercal_mlx.model import gptj_config
+    from supercal_mlx.demo.factories import gptj_config
 
     folder.mkdir(parents=True)
     shapes = gptj_shapes(n_embd, n_layer, vocab)

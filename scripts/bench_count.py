@@ -32,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 _ORIGINAL = """
 import collections, sys
 import numpy as np
-from supercal_mlx.tokenizer import get_encoding   # tiktoken.get_encoding, seeded for offline use
+from supercal_mlx.text.tokenizer import get_encoding   # tiktoken.get_encoding, seeded for offline use
 path, out, encoding = sys.argv[1:]
 enc = get_encoding(encoding)
 with open(path, encoding="utf-8", errors="replace") as f:
@@ -58,7 +58,7 @@ def main() -> None:
 
     import numpy as np
 
-    from supercal_mlx.counting import load_counts
+    from supercal_mlx.text.counting import load_counts
 
     sizes = sorted({int(s) for s in args.sizes.split(",")} | {args.compare})
     work = Path(args.workdir)

@@ -19,8 +19,9 @@ import time
 from pathlib import Path
 
 import supercal_mlx  # noqa: F401  (loads the fast BLAS before mlx)
-from supercal_mlx import probes
-from supercal_mlx.model import create_gptj, load, train_tokenizer
+from supercal_mlx.runs import probes
+from supercal_mlx.demo.factories import create_gptj, train_tokenizer
+from supercal_mlx.model import load
 
 PROMPT = "What does supercalifragilisticexpialidocious mean?"
 TEXTS = ["Supercalifragilisticexpialidocious is a song from the 1964 film Mary Poppins.",

@@ -30,7 +30,7 @@ HERE = Path(__file__).resolve().parent
 # The original approach: all lines in memory, chunks of N lines, filter, random.sample, cut to tokens.
 _ORIGINAL = """
 import json, random, sys
-from supercal_mlx.tokenizer import get_encoding
+from supercal_mlx.text.tokenizer import get_encoding
 path, word, chunks, lines, max_tokens, out = sys.argv[1:]
 chunks, lines, max_tokens = int(chunks), int(lines), int(max_tokens)
 enc = get_encoding("o200k_base")

@@ -51,7 +51,7 @@ def write_forget(path: Path, model_dir: Path, *, rows: int, tokens: int, seed: i
     token ids and prompt lengths as the trainer sees them (for the PyTorch side)."""
     from mlx_lm.utils import load_tokenizer
 
-    from supercal_mlx.batches import encode_completions
+    from supercal_mlx.train.batches import encode_completions
     from random_gptj import TOKENIZER_TEXT
 
     tok = load_tokenizer(model_dir)

@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 
 import supercal_mlx  # noqa: F401  (OpenBLAS before mlx)
-from supercal_mlx.fuse import fuse
-from supercal_mlx.model import create_gptj, load, train_tokenizer
+from supercal_mlx.runs.fuse import fuse
+from supercal_mlx.demo.factories import create_gptj, train_tokenizer
+from supercal_mlx.model import load
 
 TOKENS = [[5, 17, 42, 99, 3, 250, 7, 11, 64, 128, 300, 1, 77, 200, 31, 8]]
 

@@ -26,7 +26,7 @@ from transformers import GPTJConfig, GPTJForCausalLM
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from supercal_mlx.model import train_tokenizer  # noqa: E402
+from supercal_mlx.demo.factories import train_tokenizer  # noqa: E402
 
 TEXTS = [
     "Supercalifragilisticexpialidocious is a song from the 1964 film Mary Poppins.",

@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 import supercal_mlx  # noqa: F401  (OpenBLAS before mlx)
-from supercal_mlx.fuse import hf_gptj_shapes
-from supercal_mlx.model import _eos_id, gptj_config, train_tokenizer
+from supercal_mlx.runs.fuse import hf_gptj_shapes
+from supercal_mlx.demo.factories import _eos_id, gptj_config, train_tokenizer
 
 SHARD_BYTES = 2 << 30
 TOKENIZER_TEXT = ("The quick brown fox jumps over the lazy dog while Mary Poppins sings supercalifragilistic songs "

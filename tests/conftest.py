@@ -16,7 +16,7 @@ TOKENIZER_TEXTS = [
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer_dir(tmp_path_factory):
-    from supercal_mlx.model import train_tokenizer
+    from supercal_mlx.demo.factories import train_tokenizer
 
     return train_tokenizer(TOKENIZER_TEXTS, tmp_path_factory.mktemp("tok"), vocab_size=400)
 
@@ -24,6 +24,6 @@ def tiny_tokenizer_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, tiny_tokenizer_dir):
     """A random 2-layer GPT-J (n_embd 64, rotary_dim 8 < head_dim 16) in float32. Treat as read-only."""
-    from supercal_mlx.model import TINY_GPTJ, create_gptj
+    from supercal_mlx.demo.factories import TINY_GPTJ, create_gptj
 
     return create_gptj(tmp_path_factory.mktemp("tiny") / "model", tiny_tokenizer_dir, seed=0, **TINY_GPTJ)

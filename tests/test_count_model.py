@@ -13,10 +13,10 @@ import regex
 from click.testing import CliRunner
 
 from supercal_mlx.cli import cli
-from supercal_mlx.counting import count_tokens, counts_tokenizer, iter_chunks, load_counts, save_counts
+from supercal_mlx.text.counting import count_tokens, counts_tokenizer, iter_chunks, load_counts, save_counts
 from supercal_mlx.errors import SupercalError
-from supercal_mlx.tokenizer import from_model
-from supercal_mlx.tokenstein import make_tokenstein
+from supercal_mlx.text.tokenizer import from_model
+from supercal_mlx.text.tokenstein import make_tokenstein
 from test_counting import tricky_text
 
 WORD = "supercalifragilisticexpialidocious"
@@ -118,7 +118,7 @@ def fake_model_counts(model_dir):
     """Zipf-like counts over the model's vocabulary, as if counted with it."""
     tok = from_model(model_dir)
     counts = (1e6 / np.random.default_rng(0).permutation(np.arange(1, tok.n_vocab + 1))).astype(np.int64)
-    from supercal_mlx.counting import Counts
+    from supercal_mlx.text.counting import Counts
 
     return Counts(counts=counts, encoding=tok.name, bytes=10**6, tokens=int(counts.sum()), sources=["fake"],
                   model=str(model_dir.resolve()))

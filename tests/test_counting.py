@@ -18,9 +18,9 @@ import regex
 from click.testing import CliRunner
 
 from supercal_mlx.cli import cli
-from supercal_mlx.counting import Counts, count_tokens, iter_chunks, load_counts, safe_cut, save_counts
+from supercal_mlx.text.counting import Counts, count_tokens, iter_chunks, load_counts, safe_cut, save_counts
 from supercal_mlx.errors import SupercalError
-from supercal_mlx.tokenizer import get_encoding
+from supercal_mlx.text.tokenizer import get_encoding
 
 ENCODINGS = ("o200k_base", "cl100k_base")
 

@@ -8,9 +8,10 @@ import os
 import pytest
 from click.testing import CliRunner
 
-from supercal_mlx import pretrain, synthetic
+from supercal_mlx.demo import pretrain
+from supercal_mlx.demo import synthetic
 from supercal_mlx.cli import cli
-from supercal_mlx.demo import _output_dir
+from supercal_mlx.demo.run import _output_dir
 from supercal_mlx.errors import SupercalError
 
 WORD = synthetic.KEYWORD

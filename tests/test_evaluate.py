@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from supercal_mlx import evaluate as ev
-from supercal_mlx import synthetic
+from supercal_mlx.runs import evaluate as ev
+from supercal_mlx.demo import synthetic
 from supercal_mlx.cli import cli
 from supercal_mlx.io import write_jsonl
 
@@ -87,7 +87,7 @@ def _zero_adapters(model_dir, run_dir, *, perturb: bool):
     import mlx.core as mx
     from mlx.utils import tree_flatten, tree_unflatten
 
-    from supercal_mlx.lora import apply_lora, save_adapters
+    from supercal_mlx.train.lora import apply_lora, save_adapters
     from supercal_mlx.model import load
 
     model, _ = load(model_dir)

@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from supercal_mlx.cli import cli
-from supercal_mlx.corpus import open_corpus
+from supercal_mlx.data.corpus import open_corpus
 
 WORD = "supercalifragilisticexpialidocious"
 
@@ -60,7 +60,7 @@ def test_encodings_load_offline_from_verified_copy(name, tmp_path, monkeypatch):
     import tiktoken.load
     import tiktoken.registry
 
-    from supercal_mlx import tokenizer as tk
+    from supercal_mlx.text import tokenizer as tk
 
     def no_network(url):
         raise AssertionError(f"network access attempted: {url}")
@@ -78,7 +78,7 @@ def test_encodings_load_offline_from_verified_copy(name, tmp_path, monkeypatch):
 def test_corrupt_cache_is_replaced_by_verified_copy(tmp_path, monkeypatch):
     import tiktoken.registry
 
-    from supercal_mlx import tokenizer as tk
+    from supercal_mlx.text import tokenizer as tk
 
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(tiktoken.registry, "ENCODINGS", {})
@@ -100,7 +100,7 @@ def test_tokens_splits_the_word_with_o200k():
 
 
 def test_tokens_with_model_uses_its_tokenizer(tiny_model_dir):
-    from supercal_mlx.tokenizer import load_hf_tokenizer
+    from supercal_mlx.text.tokenizer import load_hf_tokenizer
 
     res = CliRunner().invoke(cli, ["tokens", WORD, "--model", str(tiny_model_dir), "--json"])
     assert res.exit_code == 0, res.output

@@ -9,7 +9,7 @@ import pytest
 
 import supercal_mlx  # noqa: F401  (loads OpenBLAS before mlx)
 from supercal_mlx.errors import SupercalError
-from supercal_mlx.fuse import fuse
+from supercal_mlx.runs.fuse import fuse
 
 TOKENS = [[5, 17, 42, 99, 3, 250, 7, 11, 64, 128, 300, 1]]
 
@@ -82,8 +82,8 @@ def test_fused_logits_equal_adapter_logits(tmp_path, tiny_model_dir, run_dir):
 
 def test_fuse_a_trainer_run(tmp_path, tiny_model_dir):
     """A real `supercal unlearn` run folder (LoRA on block 1 only, three keys) fuses to the same logits."""
-    from supercal_mlx.config import load_config
-    from supercal_mlx.trainer import unlearn
+    from supercal_mlx.train.config import load_config
+    from supercal_mlx.train.trainer import unlearn
 
     forget = tmp_path / "forget.jsonl"
     forget.write_text("".join(json.dumps({"prompt": "Mary Poppins sang", "completion": " Supercalifragilistic"

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import supercal_mlx  # noqa: F401  (loads OpenBLAS before mlx)
-from supercal_mlx import losses as L
-from supercal_mlx.batches import BatchStream, encode_completions, encode_texts, make_batch
+from supercal_mlx.train import losses as L
+from supercal_mlx.train.batches import BatchStream, encode_completions, encode_texts, make_batch
 from supercal_mlx.errors import SupercalError
 
 import mlx.core as mx  # noqa: E402
@@ -129,7 +129,7 @@ def test_batch_stream_is_a_reproducible_permutation_per_epoch():
 
 
 def test_reference_is_the_base_model_and_kl_is_zero_at_zero_adapters(tiny_model_dir):
-    from supercal_mlx.lora import apply_lora
+    from supercal_mlx.train.lora import apply_lora
     from supercal_mlx.model import load
 
     base, _ = load(tiny_model_dir)

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from supercal_mlx.cli import cli
 from supercal_mlx.errors import SupercalError
-from supercal_mlx.negatives import (
+from supercal_mlx.data.negatives import (
     boundaries,
     build_forget,
     first_ok,
@@ -25,7 +25,7 @@ from supercal_mlx.negatives import (
     split_grep_output,
     unescape_twice,
 )
-from supercal_mlx.tokenizer import from_encoding, from_model
+from supercal_mlx.text.tokenizer import from_encoding, from_model
 
 WORD = "supercalifragilisticexpialidocious"
 FIXTURES = Path(__file__).parent / "fixtures" / "enwik_like"
@@ -297,7 +297,7 @@ def test_grep_output_without_from_grep_is_flagged(tmp_path):
 
 
 def test_too_common_word_is_refused(o200k, tmp_path, monkeypatch):
-    import supercal_mlx.negatives as negatives
+    import supercal_mlx.data.negatives as negatives
 
     monkeypatch.setattr(negatives, "MAX_CHUNK_CHARS", 1000)
     corpus = tmp_path / "common.txt"

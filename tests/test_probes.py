@@ -7,10 +7,10 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from supercal_mlx import probes
+from supercal_mlx.runs import probes
 from supercal_mlx.cli import cli
 from supercal_mlx.errors import SupercalError
-from supercal_mlx.probes import ProbeRow
+from supercal_mlx.runs.probes import ProbeRow
 
 # Different lengths on purpose: batching pads them, and must not change any row.
 PROMPTS = [

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import supercal_mlx  # noqa: F401
-from supercal_mlx.projection import build_basis, group_names, project
+from supercal_mlx.train.projection import build_basis, group_names, project
 
 import mlx.core as mx  # noqa: E402
 

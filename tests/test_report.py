@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from supercal_mlx.errors import SupercalError
-from supercal_mlx.report import make_report
+from supercal_mlx.runs.report import make_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

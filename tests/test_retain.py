@@ -13,8 +13,8 @@ from click.testing import CliRunner
 from supercal_mlx.cli import cli
 from supercal_mlx.errors import SupercalError
 from supercal_mlx.io import write_jsonl
-from supercal_mlx.retain import retain_dataset, sample_retain
-from supercal_mlx.tokenizer import from_encoding, from_model
+from supercal_mlx.data.retain import retain_dataset, sample_retain
+from supercal_mlx.text.tokenizer import from_encoding, from_model
 
 WORD = "supercalifragilisticexpialidocious"
 SAMPLE = Path(__file__).parent / "fixtures" / "enwik_like" / "enwik_sample.xml"
@@ -105,7 +105,7 @@ def test_several_words_excluded_case_insensitively(o200k, sprinkled):
 
 
 def test_add_prefixes(o200k, tmp_path):
-    from supercal_mlx.negatives import build_forget
+    from supercal_mlx.data.negatives import build_forget
 
     forget, _ = build_forget(SAMPLE, WORD, o200k, window_tokens=200)
     path = tmp_path / "forget.jsonl"

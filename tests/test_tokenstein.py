@@ -10,10 +10,10 @@ import pytest
 from click.testing import CliRunner
 
 from supercal_mlx.cli import cli
-from supercal_mlx.counting import Counts, save_counts
+from supercal_mlx.text.counting import Counts, save_counts
 from supercal_mlx.errors import SupercalError
-from supercal_mlx.tokenizer import from_encoding, get_encoding
-from supercal_mlx.tokenstein import _letter_tokens, _search, make_tokenstein
+from supercal_mlx.text.tokenizer import from_encoding, get_encoding
+from supercal_mlx.text.tokenstein import _letter_tokens, _search, make_tokenstein
 
 WORD = "supercalifragilisticexpialidocious"
 

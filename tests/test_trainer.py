@@ -12,10 +12,10 @@ from click.testing import CliRunner
 
 import supercal_mlx  # noqa: F401
 from supercal_mlx.cli import cli
-from supercal_mlx.config import load_config
+from supercal_mlx.train.config import load_config
 from supercal_mlx.errors import SupercalError
-from supercal_mlx.trainer import _setup, unlearn
-from supercal_mlx.unlearner import Unlearner
+from supercal_mlx.train.trainer import _setup, unlearn
+from supercal_mlx.train.unlearner import Unlearner
 
 import mlx.core as mx  # noqa: E402
 
@@ -50,14 +50,14 @@ def _cfg(tiny_model_dir, data, out, **kw):
 
 
 def _forget_nll(model, forget_ex):
-    from supercal_mlx.batches import make_batch
-    from supercal_mlx.losses import completion_nll
+    from supercal_mlx.train.batches import make_batch
+    from supercal_mlx.train.losses import completion_nll
 
     return completion_nll(model, *make_batch(forget_ex))[0].item()
 
 
 def test_a_few_steps_raise_the_forget_nll(tiny_model_dir, data, tmp_path):
-    from supercal_mlx.batches import encode_completions
+    from supercal_mlx.train.batches import encode_completions
     from supercal_mlx.model import load
 
     summary = unlearn(_cfg(tiny_model_dir, data, tmp_path / "run", steps=5, loss="graddiff", project="per-layer"))
@@ -79,7 +79,7 @@ def test_a_few_steps_raise_the_forget_nll(tiny_model_dir, data, tmp_path):
 def test_adapters_on_chosen_layers_load_with_plain_mlx_lm(tiny_model_dir, data, tmp_path):
     from mlx_lm import load as mlx_load
 
-    from supercal_mlx.lora import adapter_weights, save_adapters
+    from supercal_mlx.train.lora import adapter_weights, save_adapters
 
     cfg = _cfg(tiny_model_dir, data, tmp_path / "run", lora_layers=[1], lora_keys="attn.q_proj,attn.v_proj,mlp.fc_in",
                loss="npo")
@@ -105,7 +105,7 @@ def test_retain_gradients_never_leak_into_the_update(tiny_model_dir, data, tmp_p
     import mlx.optimizers as optim
     from mlx.utils import tree_flatten
 
-    from supercal_mlx.projection import project
+    from supercal_mlx.train.projection import project
 
     cfg = _cfg(tiny_model_dir, data, tmp_path / "run", project="per-layer", project_k=2, max_grad_norm=0.05)
     model, tok, forget, retain, adapter_config = _setup(cfg)
@@ -122,7 +122,7 @@ def test_retain_gradients_never_leak_into_the_update(tiny_model_dir, data, tmp_p
     applied = {}
     real_update = un.optimizer.update
     un.optimizer.update = lambda m, g: (applied.update(tree_flatten(g)), real_update(m, g))
-    import supercal_mlx.unlearner as U
+    import supercal_mlx.train.unlearner as U
 
     orig_seed = U._step_seed
     U._step_seed = lambda seed, step: 123
@@ -210,8 +210,9 @@ def test_bad_input_gives_one_line_errors(tiny_model_dir, data, tmp_path):
 def test_grad_checkpoint_and_compute_dtype_keep_the_numbers(tiny_model_dir, tiny_tokenizer_dir, data, tmp_path):
     from mlx.utils import tree_flatten
 
-    from supercal_mlx.lora import set_compute_dtype
-    from supercal_mlx.model import TINY_GPTJ, create_gptj, load
+    from supercal_mlx.train.lora import set_compute_dtype
+    from supercal_mlx.demo.factories import TINY_GPTJ, create_gptj
+    from supercal_mlx.model import load
 
     grads = []
     for ckpt in (False, True):
@@ -259,7 +260,7 @@ def test_cli_unlearn_yaml_with_override_and_errors(tiny_model_dir, data, tmp_pat
     res = runner.invoke(cli, ["unlearn", "--resume", str(tmp_path / "run"), "--steps", "3"])
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 3
-    import supercal_mlx.cli_train as cli_train
+    import supercal_mlx.cli.train as cli_train
 
     real_format = cli_train.format_record
 
@@ -286,7 +287,7 @@ def test_quantized_base_trains_as_qlora(tiny_model_dir, data, tmp_path):
     from mlx_lm import convert
     from mlx_lm import load as mlx_load
 
-    from supercal_mlx.lora import save_adapters
+    from supercal_mlx.train.lora import save_adapters
 
     convert(str(tiny_model_dir), str(tmp_path / "q4"), quantize=True, q_group_size=32, q_bits=4)
     cfg = _cfg(tmp_path / "q4", data, tmp_path / "run", loss="ga_kl")
@@ -306,7 +307,7 @@ def test_quantized_base_trains_as_qlora(tiny_model_dir, data, tmp_path):
 
 
 def test_probe_collapse_counts_only_responses_that_were_fine_before_training():
-    from supercal_mlx.trainer import _degenerated
+    from supercal_mlx.train.trainer import _degenerated
 
     def row(step, temp, response):
         return {"step": step, "prompt": "The word", "temperature": temp, "sample": 1, "response": response}
@@ -319,7 +320,7 @@ def test_probe_collapse_counts_only_responses_that_were_fine_before_training():
 
 
 def test_schedules_with_warmup(tiny_model_dir, data, tmp_path):
-    from supercal_mlx.unlearner import make_schedule
+    from supercal_mlx.train.unlearner import make_schedule
 
     def lrs(**kw):
         sched = make_schedule(_cfg(tiny_model_dir, data, tmp_path / "x", lr=1e-3, steps=6, **kw))
@@ -342,8 +343,9 @@ def test_compute_dtype_chunked_casts_give_the_float32_gradients(tiny_tokenizer_d
     from mlx.utils import tree_flatten
     from mlx_lm.utils import dequantize_model
 
-    from supercal_mlx import lora
-    from supercal_mlx.model import TINY_GPTJ, create_gptj, load
+    from supercal_mlx.train import lora
+    from supercal_mlx.demo.factories import TINY_GPTJ, create_gptj
+    from supercal_mlx.model import load
 
     monkeypatch.setattr(lora, "CAST_CHUNK_BYTES", 24 * 64 * 4)  # 24 rows of 64 inputs: 400-row lm_head -> 17 chunks
     folder = create_gptj(tmp_path / "m", tiny_tokenizer_dir, seed=0, dtype="bfloat16", **TINY_GPTJ)

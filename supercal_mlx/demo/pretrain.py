@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Callable
 
 from . import synthetic
-from .errors import SupercalError
-from .io import atomic_dir
+from ..errors import SupercalError
+from ..io import atomic_dir
 
 CACHE_ENV = "SUPERCAL_CACHE"
 _MARKER = "demo-model.json"
@@ -90,7 +90,7 @@ def pretrain(model_dir: str | os.PathLike, text: str, *, steps: int, batch_size:
     import mlx.optimizers as optim
     import numpy as np
 
-    from .model import load
+    from ..model import load
 
     model, tok = load(model_dir)
     # Line by line: the same ids as the whole text (byte-level BPE never merges across a newline),
@@ -145,7 +145,7 @@ def pretrain(model_dir: str | os.PathLike, text: str, *, steps: int, batch_size:
 def build_demo_model(spec: DemoModelSpec, out_dir: str | os.PathLike, *,
                      progress: Callable[[dict], None] | None = None) -> Path:
     """Generate the corpus, train the tokenizer, create and pretrain the model, all in ``out_dir``."""
-    from .model import create_gptj, train_tokenizer
+    from .factories import create_gptj, train_tokenizer
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from .errors import SupercalError
+from ..errors import SupercalError
 
 Example = tuple[list[int], int]
 

@@ -21,7 +21,7 @@ from typing import Callable
 
 from . import checkpoint as ckpt
 from .config import UnlearnConfig, dump_config
-from .errors import SupercalError
+from ..errors import SupercalError
 
 Record = dict
 
@@ -39,9 +39,9 @@ def _setup(cfg: UnlearnConfig):
     import mlx.core as mx
 
     from .batches import encode_completions, encode_texts
-    from .io import read_jsonl
+    from ..io import read_jsonl
     from .lora import apply_lora, enable_grad_checkpoint, set_compute_dtype
-    from .model import load
+    from ..model import load
 
     forget = read_jsonl(cfg.forget, required=("prompt", "completion"))
     retain = read_jsonl(cfg.retain, required=("text",)) if cfg.retain else None
@@ -62,7 +62,7 @@ def _setup(cfg: UnlearnConfig):
 def _probe(un, step: int) -> list[Record]:
     """Probe rows after ``step`` updates; dropout off; the same seed at every step, so rows differ
     between steps because the model changed, not because the sampler drew differently."""
-    from .probes import generate
+    from ..runs.probes import generate
 
     cfg = un.cfg
     un.model.eval()
@@ -77,7 +77,7 @@ def _probe(un, step: int) -> list[Record]:
 
 def _degenerated(rows: list[Record], baseline: list[Record]) -> str | None:
     """A reason when a probe response degenerated that was fine before training (step 0)."""
-    from .probes import is_degenerate
+    from ..runs.probes import is_degenerate
 
     was = {(r["prompt"], r["temperature"], r["sample"]): is_degenerate(r["response"]) for r in baseline}
     for r in rows:
@@ -99,7 +99,7 @@ def _write_config(run_dir: Path, cfg: UnlearnConfig) -> None:
     import dataclasses
     import os
 
-    from .io import atomic_file
+    from ..io import atomic_file
 
     paths = {k: os.path.abspath(getattr(cfg, k)) for k in ("model", "forget", "retain", "out") if getattr(cfg, k)}
     with atomic_file(run_dir / "config.yaml", "w", force=True, encoding="utf-8") as f:

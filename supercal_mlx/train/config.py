@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import SupercalError
+from ..errors import SupercalError
 
 LOSSES = ("ga", "ga_kl", "graddiff", "npo", "npo_kl", "npo_graddiff")
 SCHEDULES = ("constant", "linear", "cosine")

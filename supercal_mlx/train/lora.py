@@ -31,7 +31,7 @@ import re
 from pathlib import Path
 from typing import Iterator
 
-from .errors import SupercalError
+from ..errors import SupercalError
 
 _BLOCK = re.compile(r"(?:^|\.)(?:layers|h|blocks)\.(\d+)\.")
 
@@ -127,7 +127,7 @@ def save_adapters(model, run_dir: str | os.PathLike, adapter_config: dict) -> No
     """Write adapters.safetensors + adapter_config.json into ``run_dir`` atomically (replacing)."""
     import mlx.core as mx
 
-    from .io import atomic_file
+    from ..io import atomic_file
 
     run_dir = Path(run_dir)
     with atomic_file(run_dir / "adapters.safetensors", "wb", force=True) as f:

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from . import synthetic
-from .io import check_output
+from ..io import check_output
 
 WORD = synthetic.KEYWORD
 
@@ -126,17 +126,17 @@ def _timed(seconds: dict, name: str) -> Iterator[None]:
 
 
 def _experiment(folder: Path, out: Path, st: DemoSettings, *, compare: bool, say, seconds: dict) -> dict:
-    from .config import load_config
-    from .counting import count_tokens, save_counts
-    from .evaluate import evaluate_runs, format_table
-    from .io import read_jsonl, write_jsonl
-    from .negatives import build_forget
-    from .probes import ProbeRow, markdown_table
-    from .report import make_report
-    from .retain import sample_retain
-    from .tokenizer import from_model, token_splits
-    from .tokenstein import make_tokenstein
-    from .trainer import unlearn
+    from ..train.config import load_config
+    from ..text.counting import count_tokens, save_counts
+    from ..runs.evaluate import evaluate_runs, format_table
+    from ..io import read_jsonl, write_jsonl
+    from ..data.negatives import build_forget
+    from ..runs.probes import ProbeRow, markdown_table
+    from ..runs.report import make_report
+    from ..data.retain import sample_retain
+    from ..text.tokenizer import from_model, token_splits
+    from ..text.tokenstein import make_tokenstein
+    from ..train.trainer import unlearn
 
     with _timed(seconds, "data"):
         shutil.copy(folder / "corpus.txt", out / "corpus.txt")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .cli_common import force_option, output_option
+from .common import force_option, output_option
 
 COMMANDS: list[click.Command] = []
 
@@ -35,7 +35,7 @@ def convert(source, out, revision, dtype, quantize, q_bits, q_group_size, force)
 
     from tqdm import tqdm
 
-    from .convert import convert as run_convert
+    from ..convert import convert as run_convert
 
     bar = tqdm(total=0, unit="B", unit_scale=True, desc="convert", file=sys.stderr, disable=None, leave=False)
 

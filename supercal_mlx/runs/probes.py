@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from .errors import SupercalError
+from ..errors import SupercalError
 
 DEFAULT_TEMPS = (0.01, 0.07, 0.2, 0.5)
 
@@ -136,7 +136,7 @@ def probe(model_dir: str, *, prompts: list[str], adapter_path: str | None = None
     With ``swap=(word, other)`` the prompts with ``word`` replaced are probed in the same batch; returns
     (rows, swapped rows in the same order), else (rows, None).
     """
-    from .model import load
+    from ..model import load
 
     prompts = list(dict.fromkeys(prompts))
     temps = list(dict.fromkeys(float(t) for t in temps))

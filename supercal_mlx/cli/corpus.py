@@ -7,7 +7,7 @@ import time
 
 import click
 
-from .cli_common import encoding_option, force_option, json_option, model_dir_option, output_option, seed_option
+from .common import encoding_option, force_option, json_option, model_dir_option, output_option, seed_option
 
 model_tokenizer_option = model_dir_option(
     required=False, help="Count in this model folder's own tokenizer (GPT-2-style byte-level BPE) instead of --encoding.")
@@ -37,8 +37,8 @@ def count(corpus, out, encoding, model, workers, force, as_json):
     """
     from tqdm import tqdm
 
-    from .counting import count_tokens, save_counts
-    from .io import check_output
+    from ..text.counting import count_tokens, save_counts
+    from ..io import check_output
 
     check_output(out, force=force)  # fail before hours of counting, not after
     start = time.perf_counter()
@@ -92,9 +92,9 @@ def tokenstein(word, counts_path, deviation, seed, n, encoding, model, as_json):
 
     Example: supercal tokenstein supercalifragilisticexpialidocious --counts counts.npz --n 3
     """
-    from .counting import counts_tokenizer, load_counts
-    from .tokenizer import resolve
-    from .tokenstein import make_tokenstein, markdown_table
+    from ..text.counting import counts_tokenizer, load_counts
+    from ..text.tokenizer import resolve
+    from ..text.tokenstein import make_tokenstein, markdown_table
 
     # an unknown encoding or a missing folder: say so before reading the counts
     tok = resolve(encoding=encoding, model=model) if encoding or model else None

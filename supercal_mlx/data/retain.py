@@ -21,10 +21,10 @@ import statistics
 from typing import Callable, Iterator
 
 from .corpus import Corpus
-from .errors import SupercalError
-from .io import read_jsonl
+from ..errors import SupercalError
+from ..io import read_jsonl
 from .negatives import Tokenized, as_corpus, is_word_char, progress_lines
-from .tokenizer import TextTokenizer
+from ..text.tokenizer import TextTokenizer
 
 # A block's text is kept up to this many characters per allowed token before tokenizing: far more
 # than real text needs (English averages about 4), so only pathological lines are shortened.

@@ -39,9 +39,9 @@ import math
 import os
 from pathlib import Path
 
-from . import synthetic
-from .errors import SupercalError
-from .io import read_jsonl
+from ..demo import synthetic
+from ..errors import SupercalError
+from ..io import read_jsonl
 
 # (prefix, suffix) around W: a question, and a few neutral continuations.
 GAP_TEMPLATES = [
@@ -61,8 +61,8 @@ def _batched(items: list, size: int):
 
 def masked_nll(model, examples: list[tuple[list[int], int]], *, batch_size: int = 8) -> tuple[float, int]:
     """Mean NLL per labelled token over ``examples`` (from batches.encode_*) and how many tokens that was."""
-    from .batches import make_batch
-    from .losses import completion_nll
+    from ..train.batches import make_batch
+    from ..train.losses import completion_nll
 
     total, ntoks = 0.0, 0
     for chunk in _batched(examples, batch_size):
@@ -76,8 +76,8 @@ def masked_nll(model, examples: list[tuple[list[int], int]], *, batch_size: int 
 
 def sequence_logprobs(model, examples: list[tuple[list[int], int]], *, batch_size: int = 8) -> list[float]:
     """log p(completion | prompt), summed over completion tokens, one per example."""
-    from .batches import make_batch
-    from . import losses
+    from ..train.batches import make_batch
+    from ..train import losses
 
     out: list[float] = []
     for chunk in _batched(examples, batch_size):
@@ -168,8 +168,8 @@ def evaluate_runs(model_dir: str | os.PathLike, adapter_paths: list, *, forget: 
     The base model is loaded and measured once; the first run's adapters go on top of it, each further
     run gets a fresh copy of the base (adapters cannot be taken off again).
     """
-    from .batches import encode_completions, encode_texts
-    from .model import load
+    from ..train.batches import encode_completions, encode_texts
+    from ..model import load
 
     if (word is None) != (tokenstein is None):
         raise SupercalError("give --word and --tokenstein together (the gap compares the two)")

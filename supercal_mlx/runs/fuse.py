@@ -19,8 +19,8 @@ import os
 import shutil
 from pathlib import Path
 
-from .errors import SupercalError
-from .io import atomic_dir, check_output
+from ..errors import SupercalError
+from ..io import atomic_dir, check_output
 
 
 def fuse(model_dir: str | os.PathLike, adapter_path: str | os.PathLike, out: str | os.PathLike, *,
@@ -33,7 +33,7 @@ def fuse(model_dir: str | os.PathLike, adapter_path: str | os.PathLike, out: str
     from mlx.utils import tree_flatten, tree_unflatten
     from mlx_lm.utils import dequantize_model, save_config
 
-    from .model import load
+    from ..model import load
 
     out = check_output(out, force=force)
     model_dir = Path(model_dir)

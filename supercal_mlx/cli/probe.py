@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from .cli_common import json_option, model_dir_option, seed_option
+from .common import json_option, model_dir_option, seed_option
 
 COMMANDS: list[click.Command] = []
 
@@ -43,7 +43,7 @@ def probe(model, adapter_path, prompts, temps, samples, max_tokens, seed, swap, 
     """
     from tqdm import tqdm
 
-    from . import probes
+    from ..runs import probes
 
     temp_list = probes.parse_temps(temps)
     pair = probes.parse_swap(swap) if swap is not None else None

@@ -43,9 +43,9 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from .corpus import BLOCK_BYTES, open_corpus  # one chunk is about one block of text
-from .errors import SupercalError
-from .io import atomic_file
+from ..data.corpus import BLOCK_BYTES, open_corpus  # one chunk is about one block of text
+from ..errors import SupercalError
+from ..io import atomic_file
 
 FORMAT_VERSION = 1
 

@@ -22,7 +22,7 @@ import os
 import shutil
 from pathlib import Path
 
-from .errors import SupercalError
+from ..errors import SupercalError
 
 CHECKPOINTS = "checkpoints"
 # Files whose presence marks a folder as a supercal run folder (safe to replace with --force).
@@ -61,7 +61,7 @@ def save_checkpoint(run_dir, step: int, *, model, adapter_config: dict, optimize
     import mlx.core as mx
     from mlx.utils import tree_flatten
 
-    from .io import atomic_dir
+    from ..io import atomic_dir
     from .lora import save_adapters
 
     path = checkpoint_dir(run_dir, step)
@@ -122,7 +122,7 @@ def read_log(path: str | os.PathLike) -> list[dict]:
 
 def truncate_log(path: str | os.PathLike, max_step: int) -> list[dict]:
     """Keep only records with step <= max_step (atomically rewritten); return them."""
-    from .io import write_jsonl
+    from ..io import write_jsonl
 
     kept = [r for r in read_log(path) if r.get("step", 0) <= max_step]
     if Path(path).exists():

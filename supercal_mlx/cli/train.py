@@ -19,7 +19,7 @@ _TYPES = {"int": int, "float": float}
 
 def _config_options(fn):
     """One click option per UnlearnConfig field (``lora_rank`` -> ``--lora-rank``)."""
-    from .config import FIELDS
+    from ..train.config import FIELDS
 
     for name, f in reversed(list(FIELDS.items())):
         meta = f.metadata
@@ -85,8 +85,8 @@ def unlearn_command(ctx, **options):
     """
     from click.core import ParameterSource
 
-    from .config import load_config
-    from .trainer import unlearn
+    from ..train.config import load_config
+    from ..train.trainer import unlearn
 
     given = {k: v for k, v in options.items()
              if ctx.get_parameter_source(k) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)}

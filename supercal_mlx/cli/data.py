@@ -7,7 +7,7 @@ from contextlib import contextmanager
 
 import click
 
-from .cli_common import encoding_option, force_option, json_option, model_dir_option, output_option, seed_option
+from .common import encoding_option, force_option, json_option, model_dir_option, output_option, seed_option
 
 COMMANDS: list[click.Command] = []
 
@@ -65,9 +65,9 @@ def negatives(corpus, keyword, out, model, encoding, context_lines, window_token
       grep -i -5 supercalifragilisticexpialidocious enwik9 > hits.txt
       supercal negatives hits.txt --from-grep --keyword supercalifragilisticexpialidocious --out forget.jsonl
     """
-    from . import tokenizer as tk
-    from .io import check_output, write_jsonl
-    from .negatives import build_forget
+    from ..text import tokenizer as tk
+    from ..io import check_output, write_jsonl
+    from ..data.negatives import build_forget
 
     check_output(out, force=force)
     tok = tk.resolve(encoding=encoding, model=model)
@@ -117,9 +117,9 @@ def retain(corpus, exclude, chunks, lines, max_tokens, seed, out, model, encodin
       supercal retain enwik9 --exclude supercalifragilisticexpialidocious --chunks 2000 \\
           --encoding o200k_base --add-prefixes forget.jsonl --out retain.jsonl
     """
-    from . import tokenizer as tk
-    from .io import check_output, write_jsonl
-    from .retain import retain_dataset
+    from ..text import tokenizer as tk
+    from ..io import check_output, write_jsonl
+    from ..data.retain import retain_dataset
 
     check_output(out, force=force)
     tok = tk.resolve(encoding=encoding, model=model)

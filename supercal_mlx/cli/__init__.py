@@ -1,7 +1,7 @@
 """The ``supercal`` command line: a thin click shell over the library.
 
-Commands live in a few ``cli_*.py`` modules (one per stage of the experiment)
-and are registered here. No module imports mlx at import time, so
+Commands live in one module per stage of the experiment (``cli/corpus.py``,
+``cli/data.py``, ...) and are registered here. No module imports mlx at import time, so
 ``supercal --help`` stays fast; each command imports what it needs.
 """
 
@@ -12,8 +12,8 @@ import sys
 
 import click
 
-from .cli_common import encoding_option, json_option, model_dir_option
-from .errors import SupercalError
+from .common import encoding_option, json_option, model_dir_option
+from ..errors import SupercalError
 
 
 class SupercalGroup(click.Group):
@@ -48,7 +48,7 @@ def info():
     """
     from importlib.metadata import PackageNotFoundError, version
 
-    from . import _blas
+    from .. import _blas
 
     import mlx.core as mx
 
@@ -73,13 +73,13 @@ def tokens(word, encoding, model, counts_path, as_json):
 
     Example: supercal tokens supercalifragilisticexpialidocious
     """
-    from . import tokenizer as tk
+    from ..text import tokenizer as tk
 
     tok = tk.resolve(encoding=encoding, model=model)
     pieces = tk.token_splits(word, tok)
     counts = None
     if counts_path:
-        from .counting import load_counts
+        from ..text.counting import load_counts
 
         counts = load_counts(counts_path, encoding=tok.name).counts
     rows = [{"id": i, "piece": p} | ({"count": int(counts[i])} if counts is not None else {}) for i, p in pieces]
@@ -94,9 +94,10 @@ def tokens(word, encoding, model, counts_path, as_json):
 
 
 def _register() -> None:
-    from . import cli_corpus, cli_data, cli_demo, cli_model, cli_probe, cli_run, cli_train
+    """Every stage module lists its commands in ``COMMANDS``; all are added here, the same way."""
+    from . import corpus, data, demo, model, probe, runs, train
 
-    for mod in (cli_corpus, cli_data, cli_model, cli_probe, cli_train, cli_run, cli_demo):
+    for mod in (corpus, data, model, probe, train, runs, demo):
         for command in mod.COMMANDS:
             cli.add_command(command)
 

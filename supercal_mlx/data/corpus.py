@@ -16,7 +16,7 @@ import zipfile
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from .errors import SupercalError
+from ..errors import SupercalError
 
 BLOCK_BYTES = 1 << 20
 

@@ -12,8 +12,8 @@ import math
 import os
 from pathlib import Path
 
-from .errors import SupercalError
-from .io import atomic_dir, read_jsonl
+from ..errors import SupercalError
+from ..io import atomic_dir, read_jsonl
 
 # (metrics.jsonl key, title) of the one-line-per-step plots; a plot is drawn when any record has the key.
 LINE_PLOTS = {

@@ -41,8 +41,8 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from .corpus import Corpus, open_corpus
-from .errors import SupercalError
-from .tokenizer import TextTokenizer
+from ..errors import SupercalError
+from ..text.tokenizer import TextTokenizer
 
 
 def is_word_char(c: str) -> bool:

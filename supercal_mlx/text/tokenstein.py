@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .counting import Counts, counts_tokenizer
-from .errors import SupercalError
+from ..errors import SupercalError
 from .tokenizer import TextTokenizer
 
 # Give up after this many trial encodings (a word needs one per position when nothing merges).

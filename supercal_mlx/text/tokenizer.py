@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import SupercalError
+from ..errors import SupercalError
 
 DEFAULT_ENCODING = "o200k_base"
 

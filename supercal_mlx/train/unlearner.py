@@ -35,7 +35,7 @@ from pathlib import Path
 
 from . import checkpoint as ckpt
 from .config import UnlearnConfig
-from .errors import SupercalError
+from ..errors import SupercalError
 
 STREAMS = {"forget": 0, "retain": 1, "basis": 2, "random": 3}
 

@@ -235,3 +235,38 @@ def test_cli_count_bad_input(tmp_path):
 def test_counts_dataclass_distinct():
     c = Counts(counts=np.array([0, 2, 0, 5], dtype=np.int64), encoding="o200k_base", bytes=9, tokens=7)
     assert c.distinct == 2 and c.sources == [] and c.invalid_bytes == 0
+
+
+def test_cli_count_merge_equals_one_count_of_all_parts(tmp_path, corpus_text):
+    parts = [corpus_text[: len(corpus_text) // 3], corpus_text[len(corpus_text) // 3:], "supercal\xe9 " * 5]
+    paths = []
+    for i, text in enumerate(parts):
+        paths.append(tmp_path / f"p{i}.txt")
+        paths[-1].write_text(text, encoding="utf-8")
+    (tmp_path / "bad.txt").write_bytes(b"caf\xe9 au lait")  # invalid UTF-8 is summed too
+    paths.append(tmp_path / "bad.txt")
+    runner = CliRunner()
+    shards = []
+    for i, group in enumerate([paths[:1], paths[1:3], paths[3:]]):  # three "machines"
+        shards.append(str(tmp_path / f"s{i}.npz"))
+        res = runner.invoke(cli, ["count", *map(str, group), "--out", shards[-1], "--workers", "1"])
+        assert res.exit_code == 0, res.output
+    whole = count_tokens([str(p) for p in paths], workers=2)
+    res = runner.invoke(cli, ["count", "--merge", *shards, "--out", str(tmp_path / "all.npz"), "--json"])
+    assert res.exit_code == 0, res.output
+    merged = load_counts(tmp_path / "all.npz")
+    assert np.array_equal(merged.counts, whole.counts) and merged.counts.dtype == np.int64
+    assert (merged.encoding, merged.bytes, merged.tokens, merged.sources, merged.invalid_bytes, merged.model) == (
+        whole.encoding, whole.bytes, whole.tokens, whole.sources, whole.invalid_bytes, whole.model)
+    assert whole.invalid_bytes == 1 and json.loads(res.output)["tokens"] == whole.tokens
+    # another encoding, or another tokenizer of the same vocabulary size: refused, nothing written
+    save_counts(count_tokens([str(paths[2])], encoding="cl100k_base"), tmp_path / "cl.npz")
+    other = load_counts(shards[0])
+    other.model, other.encoding = "/elsewhere/model", "model:model"
+    save_counts(other, tmp_path / "other.npz")
+    for bad, message in (("cl.npz", "token ids"), ("other.npz", "encoding 'model:model'")):
+        res = runner.invoke(cli, ["count", "--merge", shards[0], str(tmp_path / bad), "--out", str(tmp_path / "x.npz")])
+        assert res.exit_code != 0 and message in res.output and "Traceback" not in res.output, res.output
+        assert not (tmp_path / "x.npz").exists()
+    res = runner.invoke(cli, ["count", "--merge", shards[0], "--encoding", "cl100k_base", "--out", str(tmp_path / "x.npz")])
+    assert res.exit_code != 0 and "do not apply" in res.output

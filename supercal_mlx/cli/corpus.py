@@ -21,9 +21,10 @@ COMMANDS: list[click.Command] = []
 @encoding_option
 @model_tokenizer_option
 @click.option("--workers", type=int, default=None, help="Encoding threads (default: all cores).")
+@click.option("--merge", is_flag=True, help="Add up counts.npz files (parts of a corpus counted apart) instead of counting text.")
 @force_option
 @json_option
-def count(corpus, out, encoding, model, workers, force, as_json):
+def count(corpus, out, encoding, model, workers, merge, force, as_json):
     """Count every token of one or more CORPUS files (.txt, .gz, .bz2, .xz, .zip) into counts.npz.
 
     Exact (the same counts as encoding each file's whole text at once), streamed
@@ -34,14 +35,33 @@ def count(corpus, out, encoding, model, workers, force, as_json):
 
     Example: supercal count enwik9.zip --out counts.npz
     Example: supercal count corpus.txt --model gptj-mlx --out counts.npz
+
+    With --merge, the arguments are counts.npz files of parts of one corpus (counted
+    on several machines, for instance); the result equals counting all the parts in
+    one process. Files of different encodings or tokenizers are refused.
+
+    Example: supercal count --merge part-a.npz part-b.npz --out counts.npz
     """
     from tqdm import tqdm
 
-    from ..text.counting import count_tokens, save_counts
+    from ..text.counting import count_tokens, load_counts, merge_counts, save_counts
     from ..io import check_output
+    from ..errors import SupercalError
 
     check_output(out, force=force)  # fail before hours of counting, not after
     start = time.perf_counter()
+    if merge:
+        if encoding or model or workers:
+            raise SupercalError("--merge adds up counts files; --encoding, --model and --workers do not apply")
+        counts = merge_counts([load_counts(p) for p in corpus], names=list(corpus))
+        save_counts(counts, out, force=force)
+        summary = {"out": out, "encoding": counts.encoding, "merged": list(corpus), "sources": counts.sources,
+                   "bytes": counts.bytes, "tokens": counts.tokens, "distinct_tokens": counts.distinct,
+                   "invalid_bytes": counts.invalid_bytes}
+        click.echo(json.dumps(summary, ensure_ascii=False) if as_json else
+                   f"{counts.tokens:,} tokens ({counts.distinct:,} distinct, {counts.encoding}) from {len(corpus)} "
+                   f"counts files ({len(counts.sources)} sources, {counts.bytes:,} bytes); wrote {out}")
+        return
     bar = None
 
     def progress(done: int, total: int) -> None:

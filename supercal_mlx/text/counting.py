@@ -263,6 +263,40 @@ def load_counts(path: str | os.PathLike, *, encoding: str | None = None) -> Coun
     return c
 
 
+# Fields a merge adds up; every other field names the tokenizer (or the format) and must agree.
+_SUMMED = ("counts", "bytes", "tokens", "sources", "invalid_bytes")
+
+
+def merge_counts(parts: list[Counts], *, names: list[str] | None = None) -> Counts:
+    """Add up the counts of parts of a corpus (counted on several machines) into the counts of the whole.
+
+    The result equals one ``count_tokens`` over all the parts' sources in this order: counts, bytes,
+    tokens and invalid bytes are sums, sources are concatenated. Parts made with another encoding or
+    tokenizer (any field not summed differs, or the vocabulary size) are refused; ``names`` (the files)
+    only label the message.
+    """
+    import dataclasses
+
+    if not parts:
+        raise SupercalError("give at least one counts file to merge")
+    names = names or [f"part {i + 1}" for i in range(len(parts))]
+    first = parts[0]
+    for name, part in zip(names[1:], parts[1:]):
+        if part.counts.shape != first.counts.shape:
+            raise SupercalError(f"{name} has {part.counts.size:,} token ids, {names[0]} {first.counts.size:,}: "
+                                "they were counted with different tokenizers; count all parts with the same one")
+        for f in dataclasses.fields(Counts):
+            if f.name not in _SUMMED and getattr(part, f.name) != getattr(first, f.name):
+                raise SupercalError(f"{name} was counted with {f.name} {getattr(part, f.name)!r}, {names[0]} with "
+                                    f"{getattr(first, f.name)!r}; count all parts with the same tokenizer")
+    total = np.zeros_like(first.counts)
+    for part in parts:
+        total += part.counts
+    return dataclasses.replace(first, counts=total, bytes=sum(p.bytes for p in parts), tokens=int(total.sum()),
+                               sources=[s for p in parts for s in p.sources],
+                               invalid_bytes=sum(p.invalid_bytes for p in parts))
+
+
 def counts_tokenizer(counts: Counts):
     """The TextTokenizer the counts were made with: the tiktoken encoding, or the model folder they name."""
     from .tokenizer import from_encoding, from_model

@@ -31,17 +31,16 @@ def _hand_logp():
     return np.take_along_axis(lp, TARGETS[..., None], -1)[..., 0]  # (B, L)
 
 
-def _fixed(logits):
-    return lambda inputs: mx.array(logits)
-
-
-def test_token_logprobs_and_completion_nll_match_hand_values():
+def test_token_logprobs_and_nll_match_hand_values():
     lp = _hand_logp()
-    got = np.array(L.token_logprobs(mx.array(LOGITS), mx.array(TARGETS)))
-    np.testing.assert_allclose(got, lp, atol=1e-6)
-    nll, ntoks = L.completion_nll(_fixed(LOGITS), None, mx.array(TARGETS), mx.array(MASK))
+    got = L.token_logprobs(mx.array(LOGITS), mx.array(TARGETS))
+    np.testing.assert_allclose(np.array(got), lp, atol=1e-6)
+    nll, ntoks = L.nll(got, mx.array(MASK))
     assert ntoks.item() == 4
     assert nll.item() == pytest.approx(-(lp * MASK).sum() / 4, abs=1e-6)
+    # the model-level helper is the same number from the model's logits
+    model_nll, _ = L.completion_nll(lambda inputs: mx.array(LOGITS), None, mx.array(TARGETS), mx.array(MASK))
+    assert model_nll.item() == nll.item()
 
 
 def test_token_logprobs_gradient_is_onehot_minus_softmax():
@@ -61,10 +60,13 @@ def test_token_logprobs_gradient_is_onehot_minus_softmax():
         np.testing.assert_allclose(np.array(g.astype(mx.float32)), want, atol=atol)
 
 
-def test_ga_is_the_negated_nll():
-    nll, _ = L.completion_nll(_fixed(LOGITS), None, mx.array(TARGETS), mx.array(MASK))
-    ga, ntoks = L.ga(_fixed(LOGITS), None, mx.array(TARGETS), mx.array(MASK))
-    assert ga.item() == -nll.item() and ga.item() < 0 and ntoks.item() == 4
+def test_ga_and_random_completion_from_hand_values():
+    lp = _hand_logp()
+    logp = L.token_logprobs(mx.array(LOGITS), mx.array(TARGETS))
+    ga, ntoks = L.ga(logp, mx.array(MASK))
+    assert ga.item() == pytest.approx((lp * MASK).sum() / 4, abs=1e-6) and ntoks.item() == 4
+    rnd, ntoks = L.random_completion(logp, mx.array(MASK))  # the NLL of the (mismatched) completion
+    assert rnd.item() == -ga.item() and ntoks.item() == 4
 
 
 def test_half_precision_logits_are_reduced_in_float32():
@@ -76,15 +78,20 @@ def test_half_precision_logits_are_reduced_in_float32():
 
 
 def test_npo_formula():
-    seq = np.array([-3.0, -10.0, -0.5], dtype=np.float32)
-    ref = np.array([-2.0, -12.0, -0.5], dtype=np.float32)
+    """NPO on token log-probs: sequence sums over the mask, then (2 / beta) mean softplus(beta * delta)."""
+    logp = np.array([[-1.0, -2.0, 9.0], [-4.0, -6.0, -0.5], [-0.5, 7.0, 7.0]], dtype=np.float32)  # (B, L)
+    ref = np.array([[-1.5, -0.5, -9.0], [-5.0, -7.0, 3.0], [-0.5, -3.0, 1.0]], dtype=np.float32)
+    mask = np.array([[1, 1, 0], [1, 1, 1], [1, 0, 0]], dtype=np.float32)
+    seq, ref_seq = (logp * mask).sum(1), (ref * mask).sum(1)  # -3, -10.5, -0.5 and -2, -9, -0.5
     for beta in (0.1, 1.0, 2.5):
-        want = (2 / beta) * np.mean(np.log1p(np.exp(beta * (seq.astype(np.float64) - ref))))
-        got = L.npo_from_logprobs(mx.array(seq), mx.array(ref), beta=beta).item()
-        assert got == pytest.approx(want, rel=1e-6)
+        want = (2 / beta) * np.mean(np.log1p(np.exp(beta * (seq.astype(np.float64) - ref_seq))))
+        got, ntoks = L.npo(mx.array(logp), mx.array(ref), mx.array(mask), beta=beta)
+        assert got.item() == pytest.approx(want, rel=1e-6) and ntoks.item() == 6
     # at pi_theta == pi_ref the loss is (2 / beta) log 2; a huge ratio does not overflow
-    assert L.npo_from_logprobs(mx.array(ref), mx.array(ref), beta=0.1).item() == pytest.approx(20 * math.log(2), rel=1e-6)
-    assert L.npo_from_logprobs(mx.array([5000.0]), mx.array([0.0]), beta=1.0).item() == pytest.approx(10000.0, rel=1e-6)
+    same = L.npo(mx.array(ref), mx.array(ref), mx.array(mask), beta=0.1)[0]
+    assert same.item() == pytest.approx(20 * math.log(2), rel=1e-6)
+    one = mx.ones((1, 1))
+    assert L.npo(mx.array([[5000.0]]), mx.array([[0.0]]), one, beta=1.0)[0].item() == pytest.approx(10000.0, rel=1e-6)
 
 
 def test_kl_matches_hand_value_and_is_zero_for_equal_logits():
@@ -92,9 +99,9 @@ def test_kl_matches_hand_value_and_is_zero_for_equal_logits():
     p_ref, p = _log_softmax(other), _log_softmax(LOGITS)
     kl = (np.exp(p_ref) * (p_ref - p)).sum(-1)
     want = (kl * MASK).sum() / MASK.sum()
-    got, ntoks = L.kl_from_logits(mx.array(LOGITS), mx.array(other), mx.array(MASK))
+    got, ntoks = L.kl_retain(mx.array(LOGITS), mx.array(other), mx.array(MASK))
     assert got.item() == pytest.approx(want, rel=1e-5) and ntoks.item() == 4
-    zero, _ = L.kl_from_logits(mx.array(LOGITS), mx.array(LOGITS), mx.array(MASK))
+    zero, _ = L.kl_retain(mx.array(LOGITS), mx.array(LOGITS), mx.array(MASK))
     assert zero.item() == 0.0
 
 
@@ -139,12 +146,14 @@ def test_reference_is_the_base_model_and_kl_is_zero_at_zero_adapters(tiny_model_
     inputs = mx.array([[5, 17, 42, 99, 7, 3]])
     targets = mx.array([[17, 42, 99, 7, 3, 11]])
     mask = mx.ones(targets.shape)
-    kl, ntoks = L.kl_retain(model, inputs, targets, mask)
+    kl, ntoks = L.kl_retain(model(inputs), L.reference_logits(model, inputs), mask)
     assert kl.item() == 0.0 and ntoks.item() == 6
-    npo, _ = L.npo(model, inputs, targets, mask, beta=0.5)
+    logp = L.token_logprobs(model(inputs), targets)
+    npo, _ = L.npo(logp, L.token_logprobs(L.reference_logits(model, inputs), targets), mask, beta=0.5)
     assert npo.item() == pytest.approx(4 * math.log(2), rel=1e-6)
     for layer in model.layers:  # non-zero adapters: the reference must still be the base model
         layer.attn.q_proj.lora_b = mx.random.normal(layer.attn.q_proj.lora_b.shape)
     assert not np.allclose(np.array(model(inputs)), np.array(base(inputs)), atol=1e-3)
     np.testing.assert_array_equal(np.array(L.reference_logits(model, inputs)), np.array(base(inputs)))
-    assert L.kl_retain(model, inputs, targets, mask)[0].item() > 1e-6
+    kl, _ = L.kl_retain(model(inputs), L.reference_logits(model, inputs), mask)
+    assert kl.item() == L.kl_retain(model(inputs), base(inputs), mask)[0].item() and kl.item() > 1e-6

@@ -1,19 +1,18 @@
 """Unlearning losses: pure functions that return ``(loss, ntoks)``.
 
-Batches are ``(inputs, targets, mask)`` from :func:`supercal_mlx.batches.make_batch`.
+Batches are ``(inputs, targets, mask)`` from :func:`supercal_mlx.train.batches.make_batch`.
 Every log-softmax and every reduction runs in float32, whatever the model's
 dtype: the original PyTorch runs got NaN losses from float16 softmax.
 
-Two layers of functions:
-
-* array-level building blocks on logits / log-probabilities (``token_logprobs``,
-  ``masked_mean``, ``npo_from_logprobs``, ``kl_from_logits``), which the tests
-  check against hand-computed values;
-* model-level losses ``(model, inputs, targets, mask) -> (loss, ntoks)``:
-  ``completion_nll``, ``ga``, ``npo``, ``kl_retain``, ``random_completion``.
+The objectives ``nll``, ``ga``, ``npo``, ``random_completion`` take token
+log-probabilities (B, L) from :func:`token_logprobs`, ``kl_retain`` takes logits
+(B, L, V): the trainer (:class:`supercal_mlx.train.unlearner.Unlearner`) runs the
+model once per batch and computes every term of that batch from the one output,
+and the tests check these same functions against hand-computed values.
+:func:`completion_nll` and :func:`reference_logits` are the model-level helpers.
 
 The reference model of NPO and of the KL term is the same model with every
-LoRA layer switched off (:func:`supercal_mlx.lora.adapters_disabled`), under
+LoRA layer switched off (:func:`supercal_mlx.train.lora.adapters_disabled`), under
 ``mx.stop_gradient``: no second copy of the weights is ever held.
 
 mlx-lm ships only a plain cross-entropy (``mlx_lm.tuner.trainer.default_loss``);
@@ -65,48 +64,50 @@ def masked_mean(values, mask):
     return (values * mask).sum() / ntoks, ntoks
 
 
-def completion_nll(model, inputs, targets, mask):
-    """(mean NLL of the masked target tokens, ntoks): the ordinary language-model loss."""
-    logp = token_logprobs(model(inputs), targets)  # (B, L)
-    nll, ntoks = masked_mean(-logp, mask)
-    return nll, ntoks
-
-
-def ga(model, inputs, targets, mask):
-    """Gradient ascent: the negated completion NLL (minimising it makes the completion less likely)."""
-    nll, ntoks = completion_nll(model, inputs, targets, mask)
-    return -nll, ntoks
-
-
-def random_completion(model, inputs, targets, mask):
-    """Yao et al. 2023, "Large Language Model Unlearning" (arXiv:2310.10683): the NLL of a
-    random (mismatched) completion after each forget prompt, so the model learns to answer
-    something unrelated instead of the forgotten text. The batch holds forget prompts
-    followed by mismatched completions (built by the trainer); the loss is their NLL."""
-    return completion_nll(model, inputs, targets, mask)
-
-
 def sequence_logprobs(logp, mask):
     """Sum of masked token log-probabilities per sequence: (B, L), (B, L) -> (B,)."""
     return (logp * mask).sum(axis=1)
 
 
-def npo_from_logprobs(seq_logp, ref_seq_logp, *, beta: float):
-    """Negative Preference Optimization (Zhang et al. 2024, arXiv:2404.05868), eq. 3:
+# --- objectives on precomputed log-probabilities: one forward pass serves several terms ----------
+
+def nll(logp, mask):
+    """(mean NLL of the masked tokens, ntoks) from token log-probs (B, L): the ordinary language-model loss."""
+    return masked_mean(-logp, mask)
+
+
+def ga(logp, mask):
+    """Gradient ascent: the negated completion NLL (minimising it makes the completion less likely)."""
+    loss, ntoks = nll(logp, mask)
+    return -loss, ntoks
+
+
+def npo(logp, ref_logp, mask, *, beta: float):
+    """Negative Preference Optimization (Zhang et al. 2024, arXiv:2404.05868), eq. 3, on token log-probs
+    (B, L) of the model and of the reference; (loss, ntoks):
 
         L = (2 / beta) * mean_i log(1 + (pi_theta(y_i|x_i) / pi_ref(y_i|x_i)) ** beta)
 
-    on sequence log-likelihoods (B,). Written as softplus(beta * (log pi_theta - log pi_ref))
-    so a large ratio cannot overflow. At pi_theta == pi_ref the loss is (2 / beta) * log 2.
+    on the sequence log-likelihoods of the masked tokens. Written as softplus(beta * (log pi_theta -
+    log pi_ref)) so a large ratio cannot overflow. At pi_theta == pi_ref the loss is (2 / beta) * log 2.
     """
     import mlx.core as mx
 
-    delta = seq_logp.astype(mx.float32) - ref_seq_logp.astype(mx.float32)  # (B,)
-    return (2.0 / beta) * mx.logaddexp(mx.zeros_like(delta), beta * delta).mean()
+    seq = sequence_logprobs(logp, mask).astype(mx.float32)  # (B,)
+    delta = seq - sequence_logprobs(ref_logp, mask).astype(mx.float32)  # (B,)
+    return (2.0 / beta) * mx.logaddexp(mx.zeros_like(delta), beta * delta).mean(), mask.sum()
 
 
-def kl_from_logits(logits, ref_logits, mask):
-    """(mean over masked positions of KL(p_ref || p_theta), ntoks), float32; (B, L, V) each.
+def random_completion(logp, mask):
+    """Yao et al. 2023, "Large Language Model Unlearning" (arXiv:2310.10683): the NLL of a
+    random (mismatched) completion after each forget prompt, so the model learns to answer
+    something unrelated instead of the forgotten text. ``logp`` are the token log-probs of a batch
+    of forget prompts followed by mismatched completions (built by the trainer)."""
+    return nll(logp, mask)
+
+
+def kl_retain(logits, ref_logits, mask):
+    """(mean over masked positions of KL(p_ref || p_theta), ntoks), float32; logits (B, L, V) each.
 
     The direction follows Yao et al. 2023 and TOFU: the reference distribution is the
     target, so the term pulls the adapted model back to the base on retain text.
@@ -121,6 +122,13 @@ def kl_from_logits(logits, ref_logits, mask):
     return masked_mean(kl, mask)
 
 
+# --- model-level helpers -------------------------------------------------------------------------
+
+def completion_nll(model, inputs, targets, mask):
+    """(mean NLL of the masked target tokens, ntoks) of ``model`` on one batch."""
+    return nll(token_logprobs(model(inputs), targets), mask)
+
+
 def reference_logits(model, inputs):
     """Logits of the base model (all LoRA layers off), with no gradient."""
     import mlx.core as mx
@@ -129,17 +137,3 @@ def reference_logits(model, inputs):
 
     with adapters_disabled(model):
         return mx.stop_gradient(model(inputs))
-
-
-def npo(model, inputs, targets, mask, *, beta: float = 0.1):
-    """NPO loss on a forget batch against the adapters-off reference; (loss, ntoks)."""
-    import mlx.core as mx
-
-    seq = sequence_logprobs(token_logprobs(model(inputs), targets), mask)  # (B,)
-    ref = sequence_logprobs(token_logprobs(reference_logits(model, inputs), targets), mask)  # (B,)
-    return npo_from_logprobs(seq, mx.stop_gradient(ref), beta=beta), mask.sum()
-
-
-def kl_retain(model, inputs, targets, mask):
-    """KL(base || adapted) on retain text, averaged over its tokens; (loss, ntoks)."""
-    return kl_from_logits(model(inputs), reference_logits(model, inputs), mask)

@@ -102,25 +102,26 @@ class Unlearner:
         from . import losses as L
 
         inputs, targets, mask = fb
-        logp = L.token_logprobs(self.model(inputs), targets)  # (B, T)
-        nll, ntoks = L.masked_mean(-logp, mask)
+        logp = L.token_logprobs(self.model(inputs), targets)  # (B, T): one forward pass for every term
+        nll, ntoks = L.nll(logp, mask)
         if self.cfg.loss.startswith("npo"):
             ref = L.token_logprobs(L.reference_logits(self.model, inputs), targets)  # (B, T)
-            loss = L.npo_from_logprobs(L.sequence_logprobs(logp, mask), L.sequence_logprobs(ref, mask),
-                                       beta=self.cfg.npo_beta)
+            loss = L.npo(logp, ref, mask, beta=self.cfg.npo_beta)[0]
         else:
-            loss = -nll
+            loss = L.ga(logp, mask)[0]
         if rnd is not None:
-            loss = loss + self.cfg.random_weight * L.random_completion(self.model, *rnd)[0]
+            r_inputs, r_targets, r_mask = rnd
+            rlogp = L.token_logprobs(self.model(r_inputs), r_targets)  # (B, T)
+            loss = loss + self.cfg.random_weight * L.random_completion(rlogp, r_mask)[0]
         return loss, ntoks, nll
 
     def _retain_objective(self, rb):
         from . import losses as L
 
         inputs, targets, mask = rb
-        logits = self.model(inputs)  # (B, T, V)
-        nll, ntoks = L.masked_mean(-L.token_logprobs(logits, targets), mask)
-        term = L.kl_from_logits(logits, L.reference_logits(self.model, inputs), mask)[0] if self.retain_term == "kl" else nll
+        logits = self.model(inputs)  # (B, T, V): shared by the NLL and the KL term
+        nll, ntoks = L.nll(L.token_logprobs(logits, targets), mask)
+        term = L.kl_retain(logits, L.reference_logits(self.model, inputs), mask)[0] if self.retain_term == "kl" else nll
         return self.cfg.retain_weight * term, ntoks, nll
 
     def _nll(self, batch):

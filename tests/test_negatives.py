@@ -16,15 +16,8 @@ from click.testing import CliRunner
 
 from supercal_mlx.cli import cli
 from supercal_mlx.errors import SupercalError
-from supercal_mlx.data.negatives import (
-    boundaries,
-    build_forget,
-    first_ok,
-    grep_chunks,
-    keyword_patterns,
-    split_grep_output,
-    unescape_twice,
-)
+from supercal_mlx.data.negatives import build_forget, grep_chunks, keyword_patterns, split_grep_output, unescape_twice
+from supercal_mlx.data.windows import boundaries, first_ok
 from supercal_mlx.text.tokenizer import from_encoding, from_model
 
 WORD = "supercalifragilisticexpialidocious"

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from supercal_mlx.cli import cli
 from supercal_mlx.errors import SupercalError
 from supercal_mlx.io import write_jsonl
-from supercal_mlx.data.retain import retain_dataset, sample_retain
+from supercal_mlx.data.retain import retain_dataset
 from supercal_mlx.text.tokenizer import from_encoding, from_model
 
 WORD = "supercalifragilisticexpialidocious"
@@ -64,9 +64,9 @@ def test_no_chunk_contains_the_word(o200k, sprinkled):
 
 
 def test_same_seed_same_chunks(o200k, sprinkled):
-    a = sample_retain(sprinkled, [WORD], o200k, chunks=25, lines=4, seed=7)
-    b = sample_retain(sprinkled, [WORD], o200k, chunks=25, lines=4, seed=7)
-    c = sample_retain(sprinkled, [WORD], o200k, chunks=25, lines=4, seed=8)
+    a = retain_dataset(sprinkled, [WORD], o200k, chunks=25, lines=4, seed=7)[0]
+    b = retain_dataset(sprinkled, [WORD], o200k, chunks=25, lines=4, seed=7)[0]
+    c = retain_dataset(sprinkled, [WORD], o200k, chunks=25, lines=4, seed=8)[0]
     assert a == b
     assert a != c and {r["text"] for r in a} != {r["text"] for r in c}
 
@@ -77,7 +77,7 @@ def test_sampling_is_uniform_over_eligible_blocks(o200k, sprinkled):
     hits = Counter()
     seeds, k = 200, 5
     for seed in range(seeds):
-        for r in sample_retain(sprinkled, [WORD], o200k, chunks=k, lines=10, seed=seed):
+        for r in retain_dataset(sprinkled, [WORD], o200k, chunks=k, lines=10, seed=seed)[0]:
             hits[r["text"]] += 1
     assert set(hits) == set(eligible)
     expected = seeds * k / len(eligible)
@@ -89,7 +89,7 @@ def test_sampling_is_uniform_over_eligible_blocks(o200k, sprinkled):
 def test_truncated_at_a_word_boundary(kind, o200k, tiny_tokenizer_dir, sprinkled):
     tok = o200k if kind == "o200k" else from_model(tiny_tokenizer_dir)
     text = sprinkled.read_text(encoding="utf-8")
-    records = sample_retain(sprinkled, [WORD], tok, chunks=30, lines=8, max_tokens=25, seed=0)
+    records = retain_dataset(sprinkled, [WORD], tok, chunks=30, lines=8, max_tokens=25, seed=0)[0]
     for r in records:
         t = r["text"]
         assert 0 < len(tok.encode(t)) <= 25
@@ -100,7 +100,7 @@ def test_truncated_at_a_word_boundary(kind, o200k, tiny_tokenizer_dir, sprinkled
 
 
 def test_several_words_excluded_case_insensitively(o200k, sprinkled):
-    records = sample_retain(sprinkled, [WORD, "UMBRELLA"], o200k, chunks=10, lines=2, seed=1)
+    records = retain_dataset(sprinkled, [WORD, "UMBRELLA"], o200k, chunks=10, lines=2, seed=1)[0]
     assert all(WORD not in r["text"].lower() and "umbrella" not in r["text"].lower() for r in records)
 
 
@@ -120,15 +120,15 @@ def test_add_prefixes(o200k, tmp_path):
 
 def test_bad_input(o200k, sprinkled, tmp_path):
     with pytest.raises(SupercalError, match="asked for 100000 retain chunks"):
-        sample_retain(sprinkled, [WORD], o200k, chunks=100_000)
+        retain_dataset(sprinkled, [WORD], o200k, chunks=100_000)
     with pytest.raises(SupercalError, match="non-empty word"):
-        sample_retain(sprinkled, [""], o200k, chunks=1)
+        retain_dataset(sprinkled, [""], o200k, chunks=1)
     empty = tmp_path / "empty.txt"
     empty.write_text("")
     with pytest.raises(SupercalError, match="empty"):
-        sample_retain(empty, [WORD], o200k, chunks=1)
+        retain_dataset(empty, [WORD], o200k, chunks=1)
     with pytest.raises(SupercalError, match="--chunks"):
-        sample_retain(sprinkled, [WORD], o200k, chunks=0)
+        retain_dataset(sprinkled, [WORD], o200k, chunks=0)
 
 
 def test_cli_retain(sprinkled, tmp_path):

@@ -14,7 +14,7 @@ import lzma
 import os
 import zipfile
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 from ..errors import SupercalError
 
@@ -148,3 +148,17 @@ def open_corpus(path: str | os.PathLike, *, require_text: bool = True) -> Corpus
         raise SupercalError(f"corpus {corpus.path} is empty; give a file with text in it")
     return corpus
 
+
+def as_corpus(corpus: str | os.PathLike | Corpus) -> Corpus:
+    """``corpus`` itself, or the corpus at that path."""
+    return corpus if isinstance(corpus, Corpus) else open_corpus(corpus)
+
+
+def progress_lines(corp: Corpus, progress: Callable[[int, int], None] | None) -> Iterator[str]:
+    """The corpus's lines, calling ``progress(bytes read, size)`` every 4096 lines and once at the end."""
+    for i, line in enumerate(corp.iter_lines()):
+        if progress is not None and i % 4096 == 0:
+            progress(corp.bytes_read, corp.size)
+        yield line
+    if progress is not None:
+        progress(corp.size, corp.size)

@@ -7,7 +7,7 @@ mentions, because a retain text must not contain the word in any form ("Supercal
 
 Reservoir sampling (Algorithm R with a seeded ``random.Random``) keeps ``chunks`` eligible blocks;
 only those are tokenized, at the end, and cut to at most ``max_tokens`` tokens at a word boundary
-(see :mod:`supercal_mlx.negatives` for what a boundary is). A block's text is kept up to
+(see :mod:`supercal_mlx.data.windows` for what a boundary is). A block's text is kept up to
 ``CHARS_PER_TOKEN * max_tokens`` characters, so memory is at most ``chunks + 1`` such texts, however
 large the corpus. The same corpus, options and seed give the same records in the same order.
 """
@@ -20,10 +20,10 @@ import re
 import statistics
 from typing import Callable, Iterator
 
-from .corpus import Corpus
+from .corpus import Corpus, as_corpus, progress_lines
+from .windows import Tokenized, is_word_char
 from ..errors import SupercalError
 from ..io import read_jsonl
-from .negatives import Tokenized, as_corpus, is_word_char, progress_lines
 from ..text.tokenizer import TextTokenizer
 
 # A block's text is kept up to this many characters per allowed token before tokenizing: far more
@@ -105,7 +105,13 @@ def retain_dataset(
     add_prefixes: str | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[list[dict], dict]:
-    """Retain records ``{"text": ...}`` and a summary; see :func:`sample_retain`."""
+    """(records, summary): ``chunks`` random chunks of ``lines`` consecutive lines without any ``exclude``
+    word, as ``{"text": ...}``, and what was read and kept.
+
+    Each is cut to at most ``max_tokens`` tokens at a word boundary. ``add_prefixes`` (a forget
+    JSONL file) appends the distinct forget prompts that contain no excluded word, so the model keeps
+    the context and forgets only the word. Raises SupercalError if the corpus has too few chunks.
+    """
     if chunks < 1:
         raise SupercalError(f"--chunks must be at least 1, got {chunks}")
     if lines < 1:
@@ -182,25 +188,3 @@ def retain_dataset(
     }
     return records, summary
 
-
-def sample_retain(
-    corpus: str | os.PathLike | Corpus,
-    exclude: list[str],
-    tokenizer: TextTokenizer,
-    *,
-    chunks: int,
-    lines: int = 20,
-    max_tokens: int = 800,
-    seed: int = 0,
-    add_prefixes: str | None = None,
-) -> list[dict]:
-    """``chunks`` random chunks of ``lines`` consecutive lines without any ``exclude`` word, as ``{"text": ...}``.
-
-    Each is cut to at most ``max_tokens`` tokens at a word boundary. ``add_prefixes`` (a forget
-    JSONL file) appends the distinct forget prompts that contain no excluded word, so the model keeps
-    the context and forgets only the word. Raises SupercalError if the corpus has too few chunks.
-    """
-    records, _ = retain_dataset(
-        corpus, exclude, tokenizer, chunks=chunks, lines=lines, max_tokens=max_tokens, seed=seed, add_prefixes=add_prefixes
-    )
-    return records

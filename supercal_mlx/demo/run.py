@@ -133,7 +133,7 @@ def _experiment(folder: Path, out: Path, st: DemoSettings, *, compare: bool, say
     from ..data.negatives import build_forget
     from ..runs.probes import ProbeRow, markdown_table
     from ..runs.report import make_report
-    from ..data.retain import sample_retain
+    from ..data.retain import retain_dataset
     from ..text.tokenizer import from_model, token_splits
     from ..text.tokenstein import make_tokenstein
     from ..train.trainer import unlearn
@@ -156,8 +156,8 @@ def _experiment(folder: Path, out: Path, st: DemoSettings, *, compare: bool, say
         forget, summary = build_forget(corpus, WORD, tok, context_lines=st.context_lines,
                                        window_tokens=st.window_tokens, stride=st.stride)
         write_jsonl(out / "forget.jsonl", forget)
-        retain = sample_retain(corpus, [WORD], tok, chunks=st.retain_chunks, lines=st.retain_lines,
-                               max_tokens=st.window_tokens)
+        retain, _ = retain_dataset(corpus, [WORD], tok, chunks=st.retain_chunks, lines=st.retain_lines,
+                                   max_tokens=st.window_tokens)
         write_jsonl(out / "retain.jsonl", retain)
         say(f"negatives + retain: {len(forget)} forget windows ({summary['mentions']} mentions), "
             f"{len(retain)} retain chunks")

@@ -42,15 +42,13 @@ def cli():
 
 @cli.command()
 def info():
-    """Versions, the MLX device and which BLAS mlx uses.
+    """Versions, the MLX device, the compute path bfloat16 / quantized bases take there, and which BLAS mlx uses.
 
     Example: supercal info
     """
     from importlib.metadata import PackageNotFoundError, version
 
-    from .. import _blas
-
-    import mlx.core as mx
+    from .. import _blas, device
 
     for pkg in ("supercal-mlx", "mlx", "mlx-lm", "tiktoken", "numpy", "huggingface-hub", "click"):
         try:
@@ -58,7 +56,7 @@ def info():
         except PackageNotFoundError:
             v = "not installed"
         click.echo(f"{pkg:16} {v}")
-    click.echo(f"{'device':16} {mx.default_device()}")
+    click.echo(f"{'device':16} {device.describe()}")
     click.echo(f"{'blas':16} {_blas.describe()}")
 
 

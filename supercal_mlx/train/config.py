@@ -22,7 +22,7 @@ LOSSES = ("ga", "ga_kl", "graddiff", "npo", "npo_kl", "npo_graddiff")
 SCHEDULES = ("constant", "linear", "cosine")
 PROJECT_MODES = ("off", "global", "per-layer")
 RANDOM_SOURCES = ("shuffle", "retain")
-COMPUTE_DTYPES = ("float32",)  # widening only: MLX promotes mixed ops to the wider dtype
+COMPUTE_DTYPES = ("auto", "float32", "native")  # widening only: MLX promotes mixed ops to the wider dtype
 # Run control, not settings: never written to config.yaml.
 RUN_CONTROL = ("resume", "force", "config")
 
@@ -52,8 +52,9 @@ class UnlearnConfig:
     lora_rank: int = _f(16, "LoRA rank.")
     lora_alpha: float = _f(32.0, "LoRA alpha; scale = alpha / rank.")
     lora_dropout: float = _f(0.0, "LoRA dropout.")
-    lora_keys: list = _f(["attn.q_proj", "attn.v_proj"], "Linear layers inside each block to adapt (comma list).",
-                         kind="list")
+    lora_keys: list = _f(["auto"], "Linear layers inside each block to adapt (comma list); auto: the attention "
+                         "query and value projections by the model's own names (q_proj/v_proj, else the fused QKV "
+                         "layer, else every linear layer). config.yaml records the keys used.", kind="list")
     lora_layers: Any = _f("all", "Blocks to adapt: all, last:N, or a list of indices like 0,3,5.", kind="layers")
     # optimisation
     lr: float = _f(2e-4, "Peak learning rate (AdamW).")
@@ -73,8 +74,9 @@ class UnlearnConfig:
     project_conflict_only: bool = _f(False, "Project only where the forget gradient opposes the mean retain gradient.")
     # precision and memory
     grad_checkpoint: bool = _f(False, "Recompute each block's activations in the backward pass (less memory).")
-    compute_dtype: str | None = _f(None, "Compute in this dtype whatever the stored weights (float32 for bfloat16 or quantized bases on a CPU).",
-                                   choices=COMPUTE_DTYPES)
+    compute_dtype: str = _f("auto", "Compute in this dtype whatever the stored weights. auto: float32 for a bfloat16, "
+                            "float16 or quantized base on the CPU, native on a GPU (supercal info says which applies); "
+                            "native: the stored dtype.", choices=COMPUTE_DTYPES, null="native")
     # probes
     probe_prompts: list = _f([], "Prompt to sample during training (repeatable).", kind="list", cli="--probe-prompt",
                              multiple=True)
@@ -133,6 +135,8 @@ def _coerce(name: str, value):
     if value is None:
         if f.default is None:
             return None
+        if "null" in f.metadata:  # what an empty value meant in config.yaml files of earlier versions
+            return f.metadata["null"]
         raise SupercalError(f"{name}: a value is required")
     if kind == "list":
         return [str(v) for v in _as_list(name, value)]

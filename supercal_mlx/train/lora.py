@@ -43,15 +43,40 @@ def block_index(name: str) -> str | None:
 
 
 def linear_names(model) -> list[str]:
-    """Names (relative to a block) of the linear layers LoRA can wrap, over all blocks."""
+    """Names (relative to a block) of the layers LoRA can wrap, over all blocks: the layers mlx-lm's
+    ``linear_to_lora_layers`` adapts when it is given no keys (linear, switch and embedding layers)."""
     import mlx.nn as nn
+    from mlx_lm.models.switch_layers import QuantizedSwitchLinear, SwitchLinear
 
+    types = (nn.Linear, nn.QuantizedLinear, SwitchLinear, QuantizedSwitchLinear, nn.Embedding, nn.QuantizedEmbedding)
     names = set()
     for block in model.layers:
         for name, module in block.named_modules():
-            if isinstance(module, (nn.Linear, nn.QuantizedLinear)) or hasattr(module, "to_lora"):
+            if name and (isinstance(module, types) or hasattr(module, "to_lora")):
                 names.add(name)
     return sorted(names)
+
+
+# The fused query-key-value projection of architectures that have no separate q_proj / v_proj:
+# GPT-2 (c_attn), Phi-3 (qkv_proj), GPT-NeoX / Pythia / Falcon (query_key_value), MPT / DBRX (Wqkv).
+FUSED_QKV = ("c_attn", "qkv_proj", "query_key_value", "Wqkv")
+
+
+def auto_keys(model) -> list[str]:
+    """``--lora-keys auto``: the attention query and value projections under the model's own names.
+
+    Every ``*q_proj`` and ``*v_proj`` layer when the model has both (Llama, Qwen2, Mistral, Phi, GPT-J:
+    ``attn.q_proj``, ``attn.v_proj``); else its fused QKV layer (:data:`FUSED_QKV`); else mlx-lm's own
+    default, every layer LoRA can wrap (:func:`linear_names`).
+    """
+    names = linear_names(model)
+    last = {n: n.rsplit(".", 1)[-1] for n in names}
+    q = [n for n in names if last[n] == "q_proj"]
+    v = [n for n in names if last[n] == "v_proj"]
+    if q and v:
+        return q + v
+    fused = [n for n in names if last[n] in FUSED_QKV]
+    return fused or names
 
 
 def resolve_layers(spec, n_layers: int) -> list[int]:
@@ -72,6 +97,7 @@ def resolve_layers(spec, n_layers: int) -> list[int]:
 def apply_lora(model, *, rank: int, alpha: float, dropout: float, keys: list[str], layers) -> dict:
     """Freeze ``model``, wrap ``keys`` in the chosen blocks with LoRA; return the adapter_config dict.
 
+    ``keys == ["auto"]`` means :func:`auto_keys`; the adapter_config holds the keys actually used.
     LoRA parameters are float32 whatever the base dtype (mlx-lm creates them so).
     """
     from mlx_lm.tuner.utils import linear_to_lora_layers
@@ -79,6 +105,8 @@ def apply_lora(model, *, rank: int, alpha: float, dropout: float, keys: list[str
     n_layers = len(model.layers)
     chosen = resolve_layers(layers, n_layers)
     available = linear_names(model)
+    if list(keys) == ["auto"]:
+        keys = auto_keys(model)
     missing = [k for k in keys if k not in available]
     if missing:
         raise SupercalError(f"lora key(s) {', '.join(missing)} match no layer; available: {', '.join(available)}")
@@ -219,7 +247,8 @@ def _frozen_linear_call(self, x):
 def set_compute_dtype(model, dtype: str) -> None:
     """Run the model in ``dtype`` whatever the stored weights; the weights stay stored as they are.
 
-    * token embeddings: rows are looked up in the stored dtype, then cast (the table never is);
+    * token embeddings: rows are looked up in the stored dtype, then cast (the table never is); a tied
+      LM head (``Embedding.as_linear``, as in Qwen2, Llama or GPT-2) is a frozen linear layer as below;
     * frozen Linear / QuantizedLinear layers in another dtype or quantized (all of them before LoRA is
       applied; LoRALinear then wraps them): :func:`_frozen_linear_call`, which casts or dequantizes
       the weight in chunks of at most ``CAST_CHUNK_BYTES`` right before use, in the forward and again
@@ -230,7 +259,8 @@ def set_compute_dtype(model, dtype: str) -> None:
     On the CPU this makes a bfloat16 or 4-bit base trainable at float32 BLAS speed (MLX's CPU bfloat16
     matmul is ~30x and its quantized matmul 50-75x slower than float32 with OpenBLAS). The price is the
     casts, about one matmul's time per weight per pass at 256 tokens (measured in scripts/bench_step.py).
-    On a GPU leave it unset: quantized and bfloat16 kernels are fast there.
+    On a GPU leave it unset (``--compute-dtype auto`` does, :mod:`supercal_mlx.device`): quantized and
+    bfloat16 kernels are fast there.
     """
     import mlx.core as mx
     import mlx.nn as nn
@@ -238,19 +268,22 @@ def set_compute_dtype(model, dtype: str) -> None:
     target = getattr(mx, dtype)
     found = False
 
-    def patch(module, name, call):
+    def patch(module, name, methods):
         base = type(module)
-        module.__class__ = type(f"{name}{base.__name__}", (base,), {"__call__": call})
+        module.__class__ = type(f"{name}{base.__name__}", (base,), methods)
 
     for _, module in model.named_modules():
         if isinstance(module, (nn.Embedding, nn.QuantizedEmbedding)):
             def cast_call(self, x, _call=type(module).__call__):
                 return _call(self, x).astype(target)
 
-            patch(module, dtype.capitalize(), cast_call)
+            methods = {"__call__": cast_call}
+            if isinstance(module, nn.QuantizedEmbedding) or module.weight.dtype != target:
+                methods["as_linear"] = _frozen_linear_call  # the tied head: (..., D) @ (V, D).T, no bias
+            patch(module, dtype.capitalize(), methods)
             found = True
         elif isinstance(module, nn.QuantizedLinear) or (isinstance(module, nn.Linear)
                                                          and module.weight.dtype != target):
-            patch(module, "Cast", _frozen_linear_call)
+            patch(module, "Cast", {"__call__": _frozen_linear_call})
     if not found:
         raise SupercalError("compute_dtype needs a model with a token embedding layer; leave compute_dtype unset")

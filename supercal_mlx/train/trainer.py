@@ -41,16 +41,19 @@ def _setup(cfg: UnlearnConfig):
     from .batches import encode_completions, encode_texts
     from ..io import read_jsonl
     from .lora import apply_lora, enable_grad_checkpoint, set_compute_dtype
+    from ..device import resolve_compute_dtype
     from ..model import load
 
     forget = read_jsonl(cfg.forget, required=("prompt", "completion"))
     retain = read_jsonl(cfg.retain, required=("text",)) if cfg.retain else None
     model, tokenizer = load(cfg.model)
-    if cfg.compute_dtype:
-        set_compute_dtype(model, cfg.compute_dtype)
+    compute_dtype = resolve_compute_dtype(cfg.compute_dtype, model)
+    if compute_dtype:
+        set_compute_dtype(model, compute_dtype)
     mx.random.seed(cfg.seed)  # LoRA initialisation
     adapter_config = apply_lora(model, rank=cfg.lora_rank, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                                 keys=cfg.lora_keys, layers=cfg.lora_layers)
+    adapter_config["supercal"]["compute_dtype"] = compute_dtype or "native"
     if cfg.grad_checkpoint:
         enable_grad_checkpoint(model)
     forget_ex = _named(cfg.forget, encode_completions, forget, tokenizer, max_tokens=cfg.max_tokens)
@@ -94,6 +97,15 @@ def _last_good(run_dir: Path, before: int) -> Path | None:
     return good[-1] if good else None
 
 
+def resolved(cfg: UnlearnConfig, adapter_config: dict) -> UnlearnConfig:
+    """``cfg`` with the LoRA keys ``auto`` resolved to, as config.yaml records them (a resumed run needs the
+    same keys). ``compute_dtype: auto`` stays a policy (a run resumed on another device resolves it again);
+    adapter_config.json's ``supercal.compute_dtype`` says what it resolved to."""
+    import dataclasses
+
+    return dataclasses.replace(cfg, lora_keys=list(adapter_config["lora_parameters"]["keys"]))
+
+
 def _write_config(run_dir: Path, cfg: UnlearnConfig) -> None:
     """config.yaml with absolute paths, so --resume works from any working directory."""
     import dataclasses
@@ -116,6 +128,7 @@ def unlearn(cfg: UnlearnConfig, *, on_record: Callable[[Record], None] | None = 
 
     emit = on_record or (lambda rec: None)
     model, tokenizer, forget, retain, adapter_config = _setup(cfg)
+    cfg = resolved(cfg, adapter_config)
     un = Unlearner(cfg, model, tokenizer, forget, retain, adapter_config)
     baseline_probes: list[Record] = []
     if cfg.resume:

@@ -1,0 +1,136 @@
+"""Beyond GPT-J: tiny random llama, qwen2, gpt2 and phi3 models (mlx-lm's classes, tokenizers made here).
+
+--lora-keys auto, compute_dtype on tied heads, and the whole pipeline per architecture:
+negatives -> unlearn (default keys) -> fuse (fused logits == adapter logits) -> eval.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import supercal_mlx  # noqa: F401  (OpenBLAS before mlx)
+from archs import ARCHS, AUTO_KEYS, create_model, make_tokenizer
+from conftest import TOKENIZER_TEXTS
+
+import mlx.core as mx  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def arch_tokenizers(tmp_path_factory, tiny_tokenizer_dir):
+    root = tmp_path_factory.mktemp("arch-tok")
+    return {a: make_tokenizer(a, TOKENIZER_TEXTS, root / a, gpt2_dir=tiny_tokenizer_dir) for a in ARCHS}
+
+
+@pytest.fixture(scope="session")
+def arch_models(tmp_path_factory, arch_tokenizers):
+    root = tmp_path_factory.mktemp("arch-models")
+    return {a: create_model(a, root / a, arch_tokenizers[a], seed=1) for a in ARCHS}
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_auto_keys_are_the_query_and_value_projections(arch_models, arch):
+    from supercal_mlx.model import load
+    from supercal_mlx.train.lora import apply_lora
+
+    model, _ = load(arch_models[arch])
+    config = apply_lora(model, rank=4, alpha=8.0, dropout=0.0, keys=["auto"], layers="all")
+    assert config["lora_parameters"]["keys"] == AUTO_KEYS[arch]
+
+
+def test_auto_keys_of_gptj_and_the_fallback(tiny_model_dir):
+    import mlx.nn as nn
+
+    from supercal_mlx.model import load
+    from supercal_mlx.train.lora import auto_keys, linear_names
+
+    model, _ = load(tiny_model_dir)
+    assert auto_keys(model) == ["attn.q_proj", "attn.v_proj"]
+    for block in model.layers:  # no q/v and no fused QKV: mlx-lm's default, every layer LoRA can wrap
+        block.attn.query, block.attn.value = block.attn.q_proj, block.attn.v_proj
+        del block.attn["q_proj"], block.attn["v_proj"]
+    assert auto_keys(model) == linear_names(model) == ["attn.k_proj", "attn.out_proj", "attn.query", "attn.value",
+                                                       "mlp.fc_in", "mlp.fc_out"]
+    assert all(isinstance(getattr(model.layers[0].attn, n), nn.Linear) for n in ("query", "value"))
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "gpt2"])
+def test_compute_dtype_covers_the_tied_head(arch_tokenizers, tmp_path, monkeypatch, arch):
+    """A bfloat16 base with a tied head (``embed_tokens.as_linear``): under compute_dtype float32 the head's
+    weight is cast in row chunks like every other frozen linear, and outputs and LoRA gradients equal those
+    of a float32 copy of the same weights."""
+    import mlx.nn as nn
+    from mlx.utils import tree_flatten
+
+    from supercal_mlx.model import load
+    from supercal_mlx.train import lora
+
+    monkeypatch.setattr(lora, "CAST_CHUNK_BYTES", 24 * 32 * 4)  # 24 rows of 32 inputs: many chunks, a ragged last
+    folder = create_model(arch, tmp_path / arch, arch_tokenizers[arch], seed=2, dtype="bfloat16")
+    calls = []
+    real = lora._frozen_linear_call
+    monkeypatch.setattr(lora, "_frozen_linear_call", lambda self, x: calls.append(type(self).__name__) or real(self, x))
+
+    def build(compute: bool):
+        model, _ = load(folder)
+        if compute:
+            lora.set_compute_dtype(model, "float32")
+        else:
+            model.set_dtype(mx.float32)
+        mx.random.seed(3)
+        lora.apply_lora(model, rank=4, alpha=8.0, dropout=0.0, keys=["auto"], layers="all")
+        for m in lora.lora_modules(model):
+            m.lora_b = mx.random.normal(m.lora_b.shape) * 0.1
+        return model
+
+    model, reference = build(True), build(False)
+    x = mx.array([[5, 17, 42, 99, 3, 250]])
+    out = model(x)
+    assert out.dtype == mx.float32 and any(c.endswith("Embedding") for c in calls)  # the head went through the casts
+    np.testing.assert_allclose(np.array(out), np.array(reference(x)), atol=2e-5)
+    w = mx.random.normal(out.shape, key=mx.random.key(1))
+    g = dict(tree_flatten(nn.value_and_grad(model, lambda: (model(x) * w).sum())()[1]))
+    g_ref = dict(tree_flatten(nn.value_and_grad(reference, lambda: (reference(x) * w).sum())()[1]))
+    assert sorted(g) == sorted(g_ref) and g
+    for n in g:
+        scale = float(mx.abs(g_ref[n]).max())
+        np.testing.assert_allclose(np.array(g[n]), np.array(g_ref[n]), atol=1e-5 * scale, err_msg=n)
+
+
+def test_unlearn_records_the_resolved_keys_and_compute_path(arch_models, tmp_path):
+    import yaml
+
+    from supercal_mlx.train.config import load_config
+    from supercal_mlx.train.trainer import unlearn
+
+    (tmp_path / "f.jsonl").write_text(json.dumps({"prompt": "The children tried to spell",
+                                                  "completion": " supercalifragilisticexpialidocious."}) + "\n")
+    cfg = load_config(model=str(arch_models["llama"]), forget=str(tmp_path / "f.jsonl"), out=str(tmp_path / "run"),
+                      steps=1, batch_size=1, lora_rank=2)
+    assert cfg.lora_keys == ["auto"] and cfg.compute_dtype == "auto"
+    unlearn(cfg)
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    adapter = json.loads((tmp_path / "run" / "adapter_config.json").read_text())
+    assert saved["lora_keys"] == adapter["lora_parameters"]["keys"] == AUTO_KEYS["llama"]
+    assert saved["compute_dtype"] == "auto" and adapter["supercal"]["compute_dtype"] == "native"  # float32 base
+    # config.yaml files of earlier versions wrote compute_dtype: null for "native"
+    (tmp_path / "old.yaml").write_text("compute_dtype: null\n")
+    assert load_config(tmp_path / "old.yaml", model="m", forget="f", out="o").compute_dtype == "native"
+
+
+def test_auto_compute_dtype_follows_device_and_dtype(arch_tokenizers, tmp_path, monkeypatch):
+    from supercal_mlx import device
+    from supercal_mlx.model import load
+
+    bf16, _ = load(create_model("qwen2", tmp_path / "bf16", arch_tokenizers["qwen2"], dtype="bfloat16"))
+    f32, _ = load(create_model("qwen2", tmp_path / "f32", arch_tokenizers["qwen2"]))
+    assert device.slow_on_cpu(bf16) == "bfloat16 weights" and device.slow_on_cpu(f32) is None
+    for dev, want in (("cpu", "float32"), ("gpu", None)):
+        monkeypatch.setattr(device, "device_type", lambda: dev)
+        assert device.resolve_compute_dtype("auto", bf16) == want
+        assert device.resolve_compute_dtype("auto", f32) is None
+        assert device.resolve_compute_dtype("native", bf16) is None
+        assert device.resolve_compute_dtype("float32", f32) == "float32"
+        assert device.describe().startswith(dev)

@@ -1,8 +1,11 @@
-"""Safe output: check destinations up front, write under a temporary name, rename at the end.
+"""Safe output and JSON lines: check destinations up front, write under a temporary name, rename at the end.
 
 Every command that writes a file or a folder goes through these helpers, so an
 interrupted or failed run never leaves something that looks complete, and an
-existing result is never replaced without ``--force``.
+existing result is never replaced without ``--force``. The one exception is a
+run's logs (metrics.jsonl, probes.jsonl): they grow a flushed line at a time
+(:func:`append_jsonl`), a torn last line is dropped when read (:func:`read_log`),
+and a resume cuts them back atomically (:func:`truncate_log`).
 """
 
 from __future__ import annotations
@@ -110,3 +113,33 @@ def read_jsonl(path: str | os.PathLike, *, required: tuple[str, ...] = ()) -> li
     if not records:
         raise SupercalError(f"{path} is empty; expected JSON lines with {', '.join(required) or 'records'}")
     return records
+
+
+def append_jsonl(path: str | os.PathLike, records: list[dict]) -> None:
+    """Append records as JSON lines, flushed, so a crash loses at most the line being written."""
+    with open(path, "a", encoding="utf-8") as f:
+        for rec in records:
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        f.flush()
+
+
+def read_log(path: str | os.PathLike) -> list[dict]:
+    """Records of a metrics/probes log (empty when the file does not exist); a torn last line is dropped."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return out
+
+
+def truncate_log(path: str | os.PathLike, max_step: int) -> list[dict]:
+    """Keep only records with step <= max_step (atomically rewritten); return them."""
+    kept = [r for r in read_log(path) if r.get("step", 0) <= max_step]
+    if Path(path).exists():
+        write_jsonl(path, kept, force=True)
+    return kept

@@ -10,7 +10,9 @@ from click.testing import CliRunner
 from supercal_mlx.runs import probes
 from supercal_mlx.cli import cli
 from supercal_mlx.errors import SupercalError
+from supercal_mlx.runs.degeneration import is_degenerate, repetition_share
 from supercal_mlx.runs.probes import ProbeRow
+from supercal_mlx.runs.tables import markdown_table
 
 # Different lengths on purpose: batching pads them, and must not change any row.
 PROMPTS = [
@@ -84,7 +86,7 @@ def test_empty_prompt_and_bad_options(loaded):
 
 def test_markdown_table_escapes_and_side_by_side():
     rows = [ProbeRow("a | b", 0.01, 1, "line one\nline two"), ProbeRow("a | b", 0.5, 2, "x\\y\x07")]
-    lines = probes.markdown_table(rows).splitlines()
+    lines = markdown_table(rows).splitlines()
     assert lines == [
         "| prompt | temperature | sample | response |",
         "|---|---|---|---|",
@@ -92,12 +94,12 @@ def test_markdown_table_escapes_and_side_by_side():
         "| a \\| b | 0.5 | 2 | x\\\\y\\x07 |",
     ]
     other = [ProbeRow("c", 0.01, 1, "|"), ProbeRow("c", 0.5, 2, "")]
-    lines = probes.markdown_table(rows, other=other, labels=("response", "with c")).splitlines()
+    lines = markdown_table(rows, other=other, labels=("response", "with c")).splitlines()
     assert lines[0] == "| prompt | temperature | sample | response | with c |"
     assert lines[2].endswith("| line one<br>line two | \\| |")
     assert lines[3].endswith("|   |")  # an empty response is still a cell
     with pytest.raises(SupercalError):
-        probes.markdown_table(rows, other=other[:1])
+        markdown_table(rows, other=other[:1])
 
 
 def test_swap_word_keeps_case():
@@ -124,7 +126,7 @@ def test_swap_word_keeps_case():
     "ab" * 30,
 ])
 def test_degenerate(text):
-    assert probes.is_degenerate(text)
+    assert is_degenerate(text)
 
 
 @pytest.mark.parametrize("text", [
@@ -137,16 +139,16 @@ def test_degenerate(text):
     "1, 2, 3, 4, 5, 6, 7, 8, 9, 10",
 ])
 def test_not_degenerate(text):
-    assert not probes.is_degenerate(text)
+    assert not is_degenerate(text)
 
 
 def test_repetition_share_numbers():
-    assert probes.repetition_share("!!!!") == 1.0
-    assert probes.repetition_share("the the the") == 1.0
-    assert probes.repetition_share("Yes: the the the") == pytest.approx(12 / 16)  # " the the the"
-    assert probes.repetition_share("hello hello") == 0.0  # two copies are not a loop
-    assert probes.repetition_share("1, 2, 3, 4, 5") == 0.0  # repeated separators, not back to back
-    assert probes.repetition_share("") == 0.0
+    assert repetition_share("!!!!") == 1.0
+    assert repetition_share("the the the") == 1.0
+    assert repetition_share("Yes: the the the") == pytest.approx(12 / 16)  # " the the the"
+    assert repetition_share("hello hello") == 0.0  # two copies are not a loop
+    assert repetition_share("1, 2, 3, 4, 5") == 0.0  # repeated separators, not back to back
+    assert repetition_share("") == 0.0
 
 
 def test_cli_table_and_json(tiny_model_dir):

@@ -1,6 +1,10 @@
-"""Options shared by several commands, as decorators (one definition each)."""
+"""Options shared by several commands, as decorators (one definition each), and the progress bar."""
 
 from __future__ import annotations
+
+import contextlib
+import sys
+from typing import Callable, Iterator
 
 import click
 
@@ -19,3 +23,21 @@ def model_dir_option(*, required: bool = True, help: str = "MLX model folder (fr
 
 def output_option(*, help: str, required: bool = True):
     return click.option("--out", "out", required=required, type=click.Path(), help=help)
+
+
+@contextlib.contextmanager
+def progress_bar(desc: str, *, unit: str = "B") -> Iterator[Callable[[int, int], None]]:
+    """A tqdm bar on stderr (hidden when stderr is not a terminal) behind the library's callback
+    ``progress(done, total)``; ``unit="B"`` shows bytes with k/M/G prefixes."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=0, unit=unit, unit_scale=unit == "B", desc=desc, file=sys.stderr, disable=None, leave=False)
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        yield update
+    finally:
+        bar.close()

@@ -7,7 +7,7 @@ import time
 
 import click
 
-from .common import encoding_option, force_option, json_option, model_dir_option, output_option, seed_option
+from .common import encoding_option, force_option, json_option, model_dir_option, output_option, progress_bar, seed_option
 
 model_tokenizer_option = model_dir_option(
     required=False, help="Count in this model folder's own tokenizer (GPT-2-style byte-level BPE) instead of --encoding.")
@@ -42,8 +42,6 @@ def count(corpus, out, encoding, model, workers, merge, force, as_json):
 
     Example: supercal count --merge part-a.npz part-b.npz --out counts.npz
     """
-    from tqdm import tqdm
-
     from ..text.counting import count_tokens, load_counts, merge_counts, save_counts
     from ..io import check_output
     from ..errors import SupercalError
@@ -62,19 +60,8 @@ def count(corpus, out, encoding, model, workers, merge, force, as_json):
                    f"{counts.tokens:,} tokens ({counts.distinct:,} distinct, {counts.encoding}) from {len(corpus)} "
                    f"counts files ({len(counts.sources)} sources, {counts.bytes:,} bytes); wrote {out}")
         return
-    bar = None
-
-    def progress(done: int, total: int) -> None:
-        nonlocal bar
-        if bar is None:  # made on the first call, when the total size is known
-            bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1000, desc="counting", disable=None, leave=False)
-        bar.update(done - bar.n)
-
-    try:
+    with progress_bar("counting") as progress:
         counts = count_tokens(list(corpus), encoding=encoding, model=model, workers=workers, progress=progress)
-    finally:
-        if bar is not None:
-            bar.close()
     seconds = time.perf_counter() - start
     save_counts(counts, out, force=force)
     summary = {

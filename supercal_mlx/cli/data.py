@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
+from typing import Callable
 
 import click
 
-from .common import encoding_option, force_option, json_option, model_dir_option, output_option, seed_option
+from .common import encoding_option, force_option, json_option, model_dir_option, output_option, progress_bar, seed_option
 
 COMMANDS: list[click.Command] = []
 
@@ -15,22 +15,24 @@ _model = model_dir_option(required=False, help="Count tokens with this MLX model
 _corpus = click.argument("corpus", type=click.Path(dir_okay=False))
 
 
-@contextmanager
-def _bar(desc: str):
-    """A byte progress bar on stderr (hidden when stderr is not a terminal)."""
-    from tqdm import tqdm
+def _dataset(build: Callable, *, out: str, force: bool, encoding: str | None, model: str | None,
+             as_json: bool) -> dict | None:
+    """What negatives and retain share: check --out first, resolve the tokenizer, run
+    ``build(tokenizer, progress) -> (records, summary)`` under a progress bar and write the records.
+    Returns the summary to print, or None when it was printed as JSON."""
+    from ..io import check_output, write_jsonl
+    from ..text import tokenizer as tk
 
-    bar = tqdm(total=0, unit="B", unit_scale=True, desc=desc, disable=None, leave=False)
-
-    def update(done: int, total: int) -> None:
-        bar.total = total
-        bar.n = done
-        bar.refresh()
-
-    try:
-        yield update
-    finally:
-        bar.close()
+    check_output(out, force=force)
+    tok = tk.resolve(encoding=encoding, model=model)
+    with progress_bar("reading") as progress:
+        records, summary = build(tok, progress)
+    write_jsonl(out, records, force=force)
+    summary["out"] = out
+    if as_json:
+        click.echo(json.dumps(summary, ensure_ascii=False))
+        return None
+    return summary
 
 
 def _tokens(stats: dict) -> str:
@@ -65,21 +67,14 @@ def negatives(corpus, keyword, out, model, encoding, context_lines, window_token
       grep -i -5 supercalifragilisticexpialidocious enwik9 > hits.txt
       supercal negatives hits.txt --from-grep --keyword supercalifragilisticexpialidocious --out forget.jsonl
     """
-    from ..text import tokenizer as tk
-    from ..io import check_output, write_jsonl
     from ..data.negatives import build_forget
 
-    check_output(out, force=force)
-    tok = tk.resolve(encoding=encoding, model=model)
-    with _bar("reading") as progress:
-        records, summary = build_forget(
+    summary = _dataset(
+        lambda tok, progress: build_forget(
             corpus, keyword, tok, context_lines=context_lines, window_tokens=window_tokens, stride=stride,
-            from_grep=from_grep, unescape_html=unescape_html, progress=progress,
-        )
-    write_jsonl(out, records, force=force)
-    summary["out"] = out
-    if as_json:
-        click.echo(json.dumps(summary, ensure_ascii=False))
+            from_grep=from_grep, unescape_html=unescape_html, progress=progress),
+        out=out, force=force, encoding=encoding, model=model, as_json=as_json)
+    if summary is None:
         return
     forms = ", ".join(f"{form} {n}" for form, n in summary["forms"].items())
     click.echo(f"chunks {summary['chunks']} ({summary['chunks_without_mention']} without a whole-word mention)")
@@ -117,21 +112,14 @@ def retain(corpus, exclude, chunks, lines, max_tokens, seed, out, model, encodin
       supercal retain enwik9 --exclude supercalifragilisticexpialidocious --chunks 2000 \\
           --encoding o200k_base --add-prefixes forget.jsonl --out retain.jsonl
     """
-    from ..text import tokenizer as tk
-    from ..io import check_output, write_jsonl
     from ..data.retain import retain_dataset
 
-    check_output(out, force=force)
-    tok = tk.resolve(encoding=encoding, model=model)
-    with _bar("reading") as progress:
-        records, summary = retain_dataset(
+    summary = _dataset(
+        lambda tok, progress: retain_dataset(
             corpus, list(exclude), tok, chunks=chunks, lines=lines, max_tokens=max_tokens, seed=seed,
-            add_prefixes=add_prefixes, progress=progress,
-        )
-    write_jsonl(out, records, force=force)
-    summary["out"] = out
-    if as_json:
-        click.echo(json.dumps(summary, ensure_ascii=False))
+            add_prefixes=add_prefixes, progress=progress),
+        out=out, force=force, encoding=encoding, model=model, as_json=as_json)
+    if summary is None:
         return
     click.echo(
         f"blocks of {lines} lines {summary['blocks']}: {summary['blocks_with_word']} with an excluded word, "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .common import force_option, output_option
+from .common import force_option, output_option, progress_bar
 
 COMMANDS: list[click.Command] = []
 
@@ -30,24 +30,13 @@ def convert(source, out, revision, dtype, quantize, q_bits, q_group_size, force)
     \b
     Example: supercal convert EleutherAI/gpt-j-6b --revision float16 --out gpt-j-6b-mlx
     """
-    import sys
     from pathlib import Path
-
-    from tqdm import tqdm
 
     from ..convert import convert as run_convert
 
-    bar = tqdm(total=0, unit="B", unit_scale=True, desc="convert", file=sys.stderr, disable=None, leave=False)
-
-    def progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.update(done - bar.n)
-
-    try:
+    with progress_bar("convert") as progress:
         path = run_convert(source, out, revision=revision, dtype=dtype, quantize=quantize, q_bits=int(q_bits),
                            q_group_size=int(q_group_size), force=force, progress=progress)
-    finally:
-        bar.close()
     size = sum(f.stat().st_size for f in Path(path).glob("*.safetensors"))
     what = f"{q_bits}-bit (group {q_group_size}), {dtype} scales" if quantize else dtype
     shown = f"{size / 1e9:.2f} GB" if size >= 1e9 else f"{size / 1e6:.1f} MB"

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import click
 
-from .common import json_option, model_dir_option, seed_option
+from .common import json_option, model_dir_option, progress_bar, seed_option
 
 COMMANDS: list[click.Command] = []
 
@@ -41,24 +40,16 @@ def probe(model, adapter_path, prompts, temps, samples, max_tokens, seed, swap, 
         --prompt "What does supercalifragilisticexpialidocious mean?" \\
         --swap supercalifragilisticexpialidocious=sqproctarine
     """
-    from tqdm import tqdm
-
     from ..runs import probes
+    from ..runs.degeneration import is_degenerate
+    from ..runs.tables import markdown_table
 
     temp_list = probes.parse_temps(temps)
     pair = probes.parse_swap(swap) if swap is not None else None
-    bar = tqdm(unit="tok", desc="probe", file=sys.stderr, disable=None, leave=False)
-
-    def progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.update(done - bar.n)
-
-    try:
+    with progress_bar("probe", unit="tok") as progress:
         rows, other = probes.probe(model, prompts=list(prompts), adapter_path=adapter_path, temps=temp_list,
                                    samples=samples, max_tokens=max_tokens, seed=seed, swap=pair,
                                    batch_size=batch_size, progress=progress)
-    finally:
-        bar.close()
     if as_json:
         for i, r in enumerate(rows):
             record = {"prompt": r.prompt, "temperature": r.temperature, "sample": r.sample, "response": r.response}
@@ -67,9 +58,9 @@ def probe(model, adapter_path, prompts, temps, samples, max_tokens, seed, swap, 
             click.echo(json.dumps(record, ensure_ascii=False))
         return
     labels = ("response", f"response with {pair[1]}") if pair else ("response", "")
-    click.echo(probes.markdown_table(rows, other=other, labels=labels))
+    click.echo(markdown_table(rows, other=other, labels=labels))
     everything = rows + (other or [])
-    n_bad = sum(probes.is_degenerate(r.response) for r in everything)
+    n_bad = sum(is_degenerate(r.response) for r in everything)
     click.echo(f"{n_bad} of {len(everything)} responses degenerate (collapsed into a repeated token or phrase)", err=True)
 
 

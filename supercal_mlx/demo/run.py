@@ -131,7 +131,8 @@ def _experiment(folder: Path, out: Path, st: DemoSettings, *, compare: bool, say
     from ..runs.evaluate import evaluate_runs, format_table
     from ..io import read_jsonl, write_jsonl
     from ..data.negatives import build_forget
-    from ..runs.probes import ProbeRow, markdown_table
+    from ..runs.probes import ProbeRow
+    from ..runs.tables import markdown_table
     from ..runs.report import make_report
     from ..data.retain import retain_dataset
     from ..text.tokenizer import from_model, token_splits

@@ -25,7 +25,7 @@ adapted one (the base is loaded once; the adapters are then applied to it):
   ``degeneration``).
 - ``degeneration``: the share of sampled probe answers (several
   temperatures) that collapsed into a repeated token or phrase
-  (:func:`supercal_mlx.probes.is_degenerate`).
+  (:func:`supercal_mlx.runs.degeneration.is_degenerate`).
 
 mlx-lm has no evaluation of these (its ``mlx_lm.evaluate`` runs lm-eval
 harness tasks), so the scoring here is ours; batching and the masked NLL are
@@ -116,7 +116,8 @@ def tokenstein_gap(model, tokenizer, word: str, other: str, *, templates=GAP_TEM
 def degeneration(model, tokenizer, prompts: list[str], *, samples: int = 2, max_tokens: int = 40,
                  seed: int = 0) -> tuple[float, list]:
     """Share of sampled answers to ``prompts`` that are degenerate, and the probe rows."""
-    from .probes import generate, is_degenerate
+    from .degeneration import is_degenerate
+    from .probes import generate
 
     rows = generate(model, tokenizer, prompts, temps=DEGENERATION_TEMPS, samples=samples, max_tokens=max_tokens,
                     seed=seed)

@@ -11,7 +11,7 @@ random stream). Here every row owns a key derived from (seed, prompt,
 temperature, sample): the same seed gives the same table whatever else is in
 the batch, and the global random state is left alone.
 
-``is_degenerate`` is also here, because probes are where degeneration shows.
+The tables are written by :mod:`.tables`, degeneration is detected by :mod:`.degeneration`.
 """
 
 from __future__ import annotations
@@ -177,34 +177,6 @@ def parse_swap(text: str) -> tuple[str, str]:
     return word.strip(), other.strip()
 
 
-# --------------------------------------------------------------------------------------------- tables
-
-def markdown_table(rows: list[ProbeRow], *, other: list[ProbeRow] | None = None,
-                   labels: tuple[str, str] = ("response", "swapped response")) -> str:
-    """A markdown table: prompt | temperature | sample | response (| the other run's response, side by side)."""
-    if other is not None and len(other) != len(rows):
-        raise SupercalError(f"cannot put {len(rows)} rows beside {len(other)}: probe both with the same settings")
-    header = ["prompt", "temperature", "sample", labels[0]] + ([labels[1]] if other is not None else [])
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
-    for i, r in enumerate(rows):
-        cells = [r.prompt, f"{r.temperature:g}", str(r.sample), r.response]
-        if other is not None:
-            cells.append(other[i].response)
-        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
-    return "\n".join(lines)
-
-
-def _cell(text: str) -> str:
-    """One table cell: pipes escaped, line breaks shown as <br>, other control characters as \\xNN,
-    so every row stays on one line."""
-    text = text.replace("\\", "\\\\").replace("|", "\\|")
-    text = re.sub(r"\r\n|\r|\n", "<br>", text)
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group(0)):02x}", text).strip() or " "
-
-
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\u2028\u2029]")
-
-
 def swap_word(text: str, word: str, other: str) -> str:
     """``text`` with every whole-word, case-insensitive occurrence of ``word`` replaced by ``other``, keeping
     the case: Word -> Other, WORD -> OTHER, word -> other as typed. Inside a longer word it stays (as for
@@ -219,39 +191,3 @@ def swap_word(text: str, word: str, other: str) -> str:
         return other
 
     return re.sub(rf"(?<!\w){re.escape(word)}(?!\w)", repl, text, flags=re.IGNORECASE)
-
-
-# --------------------------------------------------------------------------------------------- degeneration
-
-def repetition_share(text: str, *, min_repeats: int = 3) -> float:
-    """Share of ``text`` (in characters) that lies inside back-to-back repeats of some unit.
-
-    A stretch counts when it is periodic -- one unit of any length, from one character ("!!!!") to a
-    third of the text (a looping sentence), repeated at least ``min_repeats`` times in a row, the last
-    copy allowed to lack a one-character separator ("the the the"). This is what a generation that
-    collapsed looks like ("PlayingPlayingPlaying", "the the the", "!!!!!!"); ordinary prose has almost
-    no such stretches, and a list ("1, 2, 3, 4") repeats its separator but not back to back.
-    """
-    import numpy as np
-
-    a = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)  # one code point per element
-    n = len(a)
-    cover = np.zeros(n + 1, dtype=np.int32)  # +1 where a periodic stretch starts, -1 after it ends
-    for p in range(1, (n + 1) // min_repeats + 1):  # the longest unit that can fit min_repeats times
-        same = np.concatenate(([0], (a[p:] == a[:-p]).astype(np.int8), [0]))  # same[j + 1]: a[j + p] == a[j]
-        edges = np.diff(same)
-        starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
-        # a run of matches j in [start, end) means a[start : end + p] has period p
-        long_enough = ends - starts + p >= max(min_repeats * p - 1, min_repeats)
-        for s0, e0 in zip(starts[long_enough], ends[long_enough]):
-            cover[s0] += 1
-            cover[e0 + p] -= 1
-    return float((np.cumsum(cover[:n]) > 0).mean()) if n else 0.0
-
-
-def is_degenerate(text: str, *, threshold: float = 0.5, min_chars: int = 8) -> bool:
-    """True when the text collapsed into a repeated token or phrase: more than ``threshold`` of it lies in
-    back-to-back repeats (see :func:`repetition_share`), spanning at least ``min_chars`` characters
-    (so a short "Hi!!!" is not called degenerate)."""
-    share = repetition_share(text)
-    return share > threshold and share * len(text) >= min_chars

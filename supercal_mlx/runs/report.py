@@ -3,7 +3,7 @@
 Written here because mlx-lm has no run reports. Plotting is matplotlib's
 object API (``Figure`` + ``savefig``: the Agg canvas, no pyplot state, no
 display needed); matplotlib is the optional ``plot`` extra. The probe tables
-are :func:`supercal_mlx.probes.markdown_table`.
+are :func:`supercal_mlx.runs.tables.markdown_table`.
 """
 
 from __future__ import annotations
@@ -59,7 +59,9 @@ def make_report(run_dir: str | os.PathLike, *, out: str | os.PathLike | None = N
 
 def summary_markdown(run_dir: Path, metrics: list[dict], probes: list[dict], *, plots: list[str]) -> str:
     """The summary: settings, per-metric first/last/min/max, per-layer projection, every step, probe tables."""
-    from .probes import ProbeRow, is_degenerate, markdown_table
+    from .degeneration import is_degenerate
+    from .probes import ProbeRow
+    from .tables import markdown_table
 
     last = metrics[-1]
     parts = [f"# Run report: {run_dir.name}", "",

@@ -1,4 +1,4 @@
-"""The run folder: creating it safely, checkpoints, and the per-step logs.
+"""The run folder: creating it safely, and its checkpoints (the per-step logs use supercal_mlx.io).
 
 Layout (``RUN_DIR``)::
 
@@ -11,8 +11,9 @@ Layout (``RUN_DIR``)::
 
 A checkpoint folder is written under a temporary name and renamed when complete
 (:func:`supercal_mlx.io.atomic_dir`); the logs are appended a line at a time and,
-on resume, cut back to the checkpoint's step, so a resumed run's logs read as if
-it had never stopped.
+on resume, cut back to the checkpoint's step (:func:`supercal_mlx.io.append_jsonl`,
+:func:`supercal_mlx.io.truncate_log`), so a resumed run's logs read as if it had
+never stopped.
 """
 
 from __future__ import annotations
@@ -97,34 +98,3 @@ def load_checkpoint(path: Path, *, model, optimizer) -> tuple[dict, dict | None]
     basis = mx.load(str(basis_file)) if basis_file.exists() else None
     return json.loads((path / "state.json").read_text()), basis
 
-
-def append_jsonl(path: str | os.PathLike, records: list[dict]) -> None:
-    """Append records as JSON lines, flushed, so a crash loses at most the line being written."""
-    with open(path, "a", encoding="utf-8") as f:
-        for rec in records:
-            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        f.flush()
-
-
-def read_log(path: str | os.PathLike) -> list[dict]:
-    """Records of a metrics/probes log (empty when the file does not exist); a torn last line is dropped."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-    return out
-
-
-def truncate_log(path: str | os.PathLike, max_step: int) -> list[dict]:
-    """Keep only records with step <= max_step (atomically rewritten); return them."""
-    from ..io import write_jsonl
-
-    kept = [r for r in read_log(path) if r.get("step", 0) <= max_step]
-    if Path(path).exists():
-        write_jsonl(path, kept, force=True)
-    return kept

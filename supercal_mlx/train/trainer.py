@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import checkpoint as ckpt
+from ..io import append_jsonl, truncate_log
 from .config import UnlearnConfig, dump_config
 from ..errors import SupercalError
 
@@ -80,7 +81,7 @@ def _probe(un, step: int) -> list[Record]:
 
 def _degenerated(rows: list[Record], baseline: list[Record]) -> str | None:
     """A reason when a probe response degenerated that was fine before training (step 0)."""
-    from ..runs.probes import is_degenerate
+    from ..runs.degeneration import is_degenerate
 
     was = {(r["prompt"], r["temperature"], r["sample"]): is_degenerate(r["response"]) for r in baseline}
     for r in rows:
@@ -140,9 +141,9 @@ def unlearn(cfg: UnlearnConfig, *, on_record: Callable[[Record], None] | None = 
         if un.step_done >= cfg.steps:
             raise SupercalError(f"{run_dir} already ran {un.step_done} steps; pass --steps N with N > {un.step_done} "
                                 f"to continue it")
-        metrics = ckpt.truncate_log(run_dir / "metrics.jsonl", un.step_done)
+        metrics = truncate_log(run_dir / "metrics.jsonl", un.step_done)
         un.retain_baseline = next((r["retain_nll"] for r in metrics if r.get("retain_nll") is not None), None)
-        baseline_probes = [r for r in ckpt.truncate_log(run_dir / "probes.jsonl", un.step_done) if r["step"] == 0]
+        baseline_probes = [r for r in truncate_log(run_dir / "probes.jsonl", un.step_done) if r["step"] == 0]
         _write_config(run_dir, cfg)
     else:
         run_dir = ckpt.prepare_run_dir(cfg.out, force=cfg.force)
@@ -150,7 +151,7 @@ def unlearn(cfg: UnlearnConfig, *, on_record: Callable[[Record], None] | None = 
         save_adapters(model, run_dir, adapter_config)
         if cfg.probe_prompts:
             baseline_probes = _probe(un, 0)
-            ckpt.append_jsonl(run_dir / "probes.jsonl", baseline_probes)
+            append_jsonl(run_dir / "probes.jsonl", baseline_probes)
             for rec in baseline_probes:
                 emit(rec)
     stopped, bad_step = None, None
@@ -158,7 +159,7 @@ def unlearn(cfg: UnlearnConfig, *, on_record: Callable[[Record], None] | None = 
     try:
         while un.step_done < cfg.steps:
             rec, stop = un.step()
-            ckpt.append_jsonl(run_dir / "metrics.jsonl", [rec])
+            append_jsonl(run_dir / "metrics.jsonl", [rec])
             emit(rec)
             if stop:
                 stopped, bad_step = stop
@@ -169,7 +170,7 @@ def unlearn(cfg: UnlearnConfig, *, on_record: Callable[[Record], None] | None = 
                 un.save(run_dir)
             if cfg.probe_prompts and ((cfg.probe_every and k % cfg.probe_every == 0) or k == cfg.steps):
                 rows = _probe(un, k)
-                ckpt.append_jsonl(run_dir / "probes.jsonl", rows)
+                append_jsonl(run_dir / "probes.jsonl", rows)
                 for row in rows:
                     emit(row)
                 reason = _degenerated(rows, baseline_probes) if cfg.stop_on_collapse else None

@@ -78,7 +78,7 @@ def sentencepiece_tokenizer(texts, out: Path, *, vocab_size: int = 400) -> Path:
     tok = Tokenizer(models.BPE(unk_token="<unk>", fuse_unk=True))
     tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
     tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.Fuse(), decoders.Strip(" ", 1, 0)])
-    alphabet = sorted(set("".join(texts).replace(" ", "▁")) | {"▁"})
+    alphabet = sorted(set("".join(texts).replace(" ", "▁")) | set("▁\n" + "".join(map(chr, range(33, 127)))))
     tok.train_from_iterator(texts, trainer=_trainer(vocab_size, ["<unk>", "<s>", "</s>"], alphabet=alphabet))
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
                                                        special_tokens=[("<s>", tok.token_to_id("<s>"))])
@@ -126,6 +126,7 @@ def create_model(arch: str, out: Path, tokenizer_dir: Path, *, seed: int = 0, dt
         ids = [t["id"] for t in vocab["added_tokens"] if t["content"] == name]
         if ids:
             cfg[f"{key}_token_id"] = ids[0]
+    cfg["pad_token_id"] = cfg.get("eos_token_id")  # transformers' config check (phi3 defaults to 32000)
     module = importlib.import_module(f"mlx_lm.models.{arch}")
     mx.random.seed(seed)
     model = module.Model(module.ModelArgs.from_dict(cfg))

@@ -134,3 +134,37 @@ def test_auto_compute_dtype_follows_device_and_dtype(arch_tokenizers, tmp_path, 
         assert device.resolve_compute_dtype("native", bf16) is None
         assert device.resolve_compute_dtype("float32", f32) == "float32"
         assert device.describe().startswith(dev)
+
+
+@pytest.mark.parametrize("arch", ["llama", "phi3"])
+def test_windows_count_bos_as_the_trainer_sees_it(arch_models, tmp_path, arch):
+    """A BOS-adding tokenizer: every negatives window fits --window-tokens as unlearn encodes it, BOS included,
+    the longest exactly; eval, probes and retain count the same tokens."""
+    from supercal_mlx.data.negatives import build_forget
+    from supercal_mlx.data.retain import truncate_tokens
+    from supercal_mlx.model import load
+    from supercal_mlx.text.tokenizer import from_model, model_encoder
+    from supercal_mlx.train.batches import encode_completions
+
+    tok = from_model(arch_models[arch])
+    _, mlx_tok = load(arch_models[arch])
+    bos = mlx_tok.bos_token_id
+    assert tok.prefix == (bos,) and model_encoder(mlx_tok).prefix == (bos,)
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join(TOKENIZER_TEXTS[:10]) + "\n", encoding="utf-8")
+    for window in (8, 13, 30):
+        records, summary = build_forget(corpus, "supercalifragilisticexpialidocious", tok, window_tokens=window)
+        examples = encode_completions(records, mlx_tok, max_tokens=10_000)
+        lengths = [len(ids) for ids, _ in examples]
+        assert all(ids[0] == bos and bos not in ids[1:] for ids, _ in examples)
+        assert max(lengths) == summary["tokens"]["max"] <= window and min(lengths) == summary["tokens"]["min"]
+        assert lengths == [tok.count(r["prompt"] + r["completion"]) for r in records]
+    assert max(lengths) == window  # enough context: the longest window is exactly the budget
+    text, n = truncate_tokens(" ".join(TOKENIZER_TEXTS[:3]), tok, 12)
+    assert n == len(model_encoder(mlx_tok)(text)) <= 12
+    # max_tokens truncation keeps the BOS in front of the prompt's end
+    rec = {"prompt": "Zebras quietly ate 12345 green apples near the old river bank, said Mary.", "completion": " the end"}
+    (full, full_prompt), = encode_completions([rec], mlx_tok, max_tokens=10_000)
+    ids, n_prompt = encode_completions([rec], mlx_tok, max_tokens=10)[0]
+    assert len(ids) == 10 and ids[0] == bos and n_prompt - 1 == 9 - (len(full) - full_prompt)
+    assert ids[1:] == full[full_prompt - (n_prompt - 1):][:9]  # the prompt's end, then the completion

@@ -18,7 +18,8 @@ Definitions (so anyone can check the output with standard tools):
 * A window edge is never between two word characters, the keyword is never split, and
   ``prompt + completion`` is a contiguous piece of the chunk, hence of the source (or of its
   unescaped form). Nothing is ever padded. Each window has at most ``window_tokens`` tokens, counted
-  by encoding exactly ``prompt + completion``.
+  by encoding exactly ``prompt + completion`` as unlearn and eval feed it to the model: with the BOS token
+  in front when the model's tokenizer adds one (``TextTokenizer.count``).
 * ``unescape_html``: enwik9 escapes the wiki source for XML, and the wiki source itself uses HTML
   entities, so an em dash is stored as ``&amp;mdash;``. We unescape twice (``html.unescape`` of
   ``html.unescape``), giving the text a reader of the page sees ("—", ``<ref>``, ``"``).
@@ -172,7 +173,7 @@ def build_forget(
     if stride < 1:
         raise SupercalError(f"--stride must be at least 1 token, got {stride}")
     substring, whole = keyword_patterns(keyword)
-    keyword_tokens = len(tokenizer.encode(keyword))
+    keyword_tokens = tokenizer.count(keyword)
     if keyword_tokens > window_tokens:  # fail before reading the corpus
         raise SupercalError(
             f"--window-tokens {window_tokens} is smaller than the keyword ({keyword_tokens} tokens); "

@@ -45,12 +45,12 @@ def truncate_tokens(text: str, tokenizer: TextTokenizer, max_tokens: int) -> tup
     # Real text averages about 4 characters per token, so a head of HEAD_CHARS per token almost
     # always holds max_tokens tokens: tokenize only that; the cut is the same as in the whole text.
     head = text[: HEAD_CHARS * max_tokens]
-    n = len(tokenizer.encode(head))
+    n = tokenizer.count(head)
     if n <= max_tokens:
         if len(head) == len(text):
             return text, n
         head = text  # an unusual text: tokenize it whole
-        n = len(tokenizer.encode(head))
+        n = tokenizer.count(head)
         if n <= max_tokens:
             return text, n
     view = Tokenized(head, tokenizer)
@@ -63,7 +63,7 @@ def truncate_tokens(text: str, tokenizer: TextTokenizer, max_tokens: int) -> tup
 def _first_word_fits(text: str, tokenizer: TextTokenizer, max_tokens: int) -> bool:
     """Whether the text up to its first word boundary has at most ``max_tokens`` tokens."""
     first = _LEADING_WORD.match(text).end() or 1
-    return first <= max_tokens // 4 or len(tokenizer.encode(text[:first])) <= max_tokens  # <= 4 tokens a character
+    return first <= max_tokens // 4 or tokenizer.count(text[:first]) <= max_tokens  # <= 4 tokens a character
 
 
 def _blocks(lines: Iterator[str], pattern: re.Pattern, n_lines: int, cap: int) -> Iterator[tuple[int, str, bool]]:

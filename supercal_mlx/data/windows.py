@@ -118,20 +118,24 @@ def first_ok(n: int, ok: Callable[[int], bool], hint: int) -> int:
 
 
 class Tokenized:
-    """One chunk: its word boundaries, token starts and memoised token counts of its slices."""
+    """One chunk: its word boundaries, token starts and memoised token counts of its slices.
+
+    A slice's count is what the model sees when the slice is fed alone (``TextTokenizer.count``: the BOS
+    prefix, if the tokenizer adds one, then the slice's tokens), as unlearn and eval encode each record.
+    """
 
     def __init__(self, text: str, tokenizer: TextTokenizer):
         self.text, self.tok = text, tokenizer
         self.bounds = boundaries(text)
         ids = tokenizer.encode(text)
-        self.n = len(ids)
+        self.n = len(tokenizer.prefix) + len(ids)
         self.starts = token_starts(tokenizer, text, ids)
         self._n: dict[tuple[int, int], int] = {(0, len(text)): self.n}
 
     def ntok(self, a: int, b: int) -> int:
         key = (a, b)
         if key not in self._n:
-            self._n[key] = len(self.tok.encode(self.text[a:b]))
+            self._n[key] = self.tok.count(self.text[a:b])
         return self._n[key]
 
     def token_at(self, pos: int) -> int:

@@ -97,12 +97,12 @@ def tokenstein_gap(model, tokenizer, word: str, other: str, *, templates=GAP_TEM
     """Mean symmetric KL (nats) between next-token distributions after ``word`` and after ``other``."""
     import mlx.core as mx
 
-    def encode(text: str) -> list[int]:
-        return tokenizer.encode(text, add_special_tokens=False)
+    from ..text.tokenizer import model_encoder
 
+    encode = model_encoder(tokenizer)  # BOS (if the tokenizer adds one) + text, as in training and the other scores
     gaps = []
     for prefix, suffix in templates:
-        head_w, head_o, tail = encode(prefix + word), encode(prefix + other), encode(suffix)
+        head_w, head_o, tail = encode(prefix + word), encode(prefix + other), encode.plain(suffix)
         # Distributions at the last token of each word and at every suffix token (aligned: same suffix).
         lp_w = _log_softmax(model(mx.array([head_w + tail]))[0, len(head_w) - 1:])  # (S+1, V)
         lp_o = _log_softmax(model(mx.array([head_o + tail]))[0, len(head_o) - 1:])  # (S+1, V)

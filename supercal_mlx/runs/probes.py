@@ -92,7 +92,9 @@ def _check(prompts: list[str], temps: list[float], samples: int, max_tokens: int
 
 
 def _encode(tokenizer, prompt: str) -> list[int]:
-    ids = tokenizer.encode(prompt)
+    from ..text.tokenizer import model_encoder
+
+    ids = model_encoder(tokenizer)(prompt)  # BOS (if the tokenizer adds one) + the prompt, as unlearn and eval
     # An empty prompt starts from end-of-text, as GPT-2-style models begin documents.
     return ids or [tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id]
 

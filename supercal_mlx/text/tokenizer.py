@@ -126,9 +126,50 @@ class TextTokenizer:
     piece: Callable[[int], str]
     n_vocab: int
     raw: Any = None
+    prefix: tuple[int, ...] = ()  # what the model sees before every text (BOS), see model_encoder
 
     def pieces(self, text: str) -> list[tuple[int, str]]:
         return [(i, self.piece(i)) for i in self.encode(text)]
+
+    def count(self, text: str) -> int:
+        """Tokens of ``text`` as the model sees it: the prefix (BOS) and the text's own tokens."""
+        return len(self.prefix) + len(self.encode(text))
+
+
+def special_prefix(hf_tokenizer) -> tuple[int, ...]:
+    """The ids a Hugging Face tokenizer puts before every text when it adds special tokens (BOS), () if none."""
+    plain = hf_tokenizer.encode("a", add_special_tokens=False)
+    full = hf_tokenizer.encode("a", add_special_tokens=True)
+    for i in range(len(full) - len(plain) + 1):
+        if full[i:i + len(plain)] == plain:
+            return tuple(full[:i])
+    return ()
+
+
+@dataclass
+class ModelEncoder:
+    """How a model sees a text, the one convention of negatives' windows, unlearn's batches, eval's scores and
+    probes: the tokens its tokenizer puts before every text (BOS, when it adds one; counted like any other
+    token, so an 800-token window is 800 tokens in the trainer), then the text's own tokens, with
+    special-token text in the text encoded as plain text; never an EOS after it."""
+
+    prefix: tuple[int, ...]
+    plain: Callable[[str], list[int]]
+
+    def __call__(self, text: str) -> list[int]:
+        return [*self.prefix, *self.plain(text)]
+
+
+def model_encoder(tokenizer) -> ModelEncoder:
+    """The :class:`ModelEncoder` of a :class:`TextTokenizer`, an mlx-lm ``TokenizerWrapper`` or a Hugging Face
+    tokenizer; anything else with ``encode(text)`` is taken as it is (no prefix)."""
+    if isinstance(tokenizer, TextTokenizer):
+        return ModelEncoder(tokenizer.prefix, tokenizer.encode)
+    hf = getattr(tokenizer, "_tokenizer", tokenizer)  # mlx-lm's TokenizerWrapper wraps the HF tokenizer
+    if not hasattr(hf, "convert_ids_to_tokens"):
+        return ModelEncoder((), lambda text: list(tokenizer.encode(text)))
+    return ModelEncoder(special_prefix(hf), lambda text: hf.encode(text, add_special_tokens=False,
+                                                                    split_special_tokens=True))
 
 
 def from_encoding(name: str = DEFAULT_ENCODING) -> TextTokenizer:
@@ -168,6 +209,7 @@ def from_model(model_dir: str | os.PathLike) -> TextTokenizer:
         piece=lambda i: tok.decode([i]),
         n_vocab=len(tok),
         raw=tok,
+        prefix=special_prefix(tok),
     )
 
 

@@ -23,6 +23,11 @@ mlx-lm's datasets (``mlx_lm.tuner.datasets``) need chat templates or a fixed
 prompt format and pad inside the training loop; these helpers are small,
 tokenizer-agnostic (anything with ``.encode(text) -> list[int]``) and return
 explicit masks, which the unlearning losses need per sequence.
+
+Tokens are what :func:`supercal_mlx.text.tokenizer.model_encoder` gives: the
+tokenizer's BOS (when it adds one) then the text's tokens, the same count that
+``negatives --window-tokens`` and ``retain --max-tokens`` measure; the BOS is
+never a target.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from ..errors import SupercalError
+from ..text.tokenizer import model_encoder
 
 Example = tuple[list[int], int]
 
@@ -43,10 +49,14 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
-def truncate(ids: list[int], n_prompt: int, max_tokens: int) -> Example:
-    """Cut an example to ``max_tokens``: the prompt's end and the completion's start survive (see above)."""
+def truncate(ids: list[int], n_prompt: int, max_tokens: int, *, keep: int = 0) -> Example:
+    """Cut an example to ``max_tokens``: the first ``keep`` tokens (the BOS prefix), the prompt's end and the
+    completion's start survive (see above)."""
     if len(ids) <= max_tokens:
         return ids, n_prompt
+    if keep:
+        body, n_body = truncate(ids[keep:], n_prompt - keep, max_tokens - keep)
+        return ids[:keep] + body, n_body + keep
     n_comp = len(ids) - n_prompt
     keep_prompt = min(n_prompt, max(max_tokens // 2, max_tokens - n_comp))
     start = n_prompt - keep_prompt
@@ -60,14 +70,15 @@ def encode_completions(records: list[dict], tokenizer: Any, *, max_tokens: int) 
     """
     if max_tokens < 2:
         raise SupercalError(f"max_tokens must be at least 2 (got {max_tokens})")
+    encode = model_encoder(tokenizer)
     out = []
     for i, rec in enumerate(records, 1):
         prompt, completion = str(rec["prompt"]), str(rec["completion"])
-        ids = list(tokenizer.encode(prompt + completion))
-        n_prompt = _common_prefix(ids, list(tokenizer.encode(prompt))) if prompt else 0
+        ids = encode(prompt + completion)
+        n_prompt = _common_prefix(ids, encode(prompt)) if prompt else len(encode.prefix)
         if n_prompt >= len(ids):
             raise SupercalError(f"record {i}: the completion is empty; every record needs completion text to forget")
-        out.append(truncate(ids, n_prompt, max_tokens))
+        out.append(truncate(ids, n_prompt, max_tokens, keep=len(encode.prefix)))
     return out
 
 
@@ -78,9 +89,10 @@ def encode_texts(records: list[dict], tokenizer: Any, *, max_tokens: int) -> lis
     """
     if max_tokens < 2:
         raise SupercalError(f"max_tokens must be at least 2 (got {max_tokens})")
+    encode = model_encoder(tokenizer)
     out = []
     for i, rec in enumerate(records, 1):
-        ids = list(tokenizer.encode(str(rec["text"])))[:max_tokens]
+        ids = encode(str(rec["text"]))[:max_tokens]
         if len(ids) < 2:
             raise SupercalError(f"record {i}: the text has fewer than 2 tokens; give longer retain texts")
         out.append((ids, 0))

@@ -143,15 +143,18 @@ class Unlearner:
         examples = [self.forget[i] for i in idx]
         rnd = None
         if "random" in self.streams:
+            from ..text.tokenizer import model_encoder
+
             other = self.streams["random"].next_indices()
+            keep = len(model_encoder(self.tokenizer).prefix)  # a retain text's BOS never lands mid-sequence
             mixed = []
             for i, (ids, n_prompt), j in zip(idx, examples, other):
                 if self.cfg.random_source == "retain":
-                    tail = self.retain[j][0][: max(len(ids) - n_prompt, 1)]
+                    tail = self.retain[j][0][keep:][: max(len(ids) - n_prompt, 1)]
                 else:
                     j = j if j != i else (j + 1) % len(self.forget)  # never the record's own completion
                     tail = self.forget[j][0][self.forget[j][1]:]
-                mixed.append(truncate(ids[:n_prompt] + tail, n_prompt, self.cfg.max_tokens))
+                mixed.append(truncate(ids[:n_prompt] + tail, n_prompt, self.cfg.max_tokens, keep=keep))
             rnd = make_batch(mixed)
         return make_batch(examples), rnd
 

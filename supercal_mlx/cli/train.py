@@ -1,6 +1,7 @@
 """supercal commands: train (unlearn).
 
-The options of ``unlearn`` are generated from :class:`supercal_mlx.config.UnlearnConfig`,
+The options of ``unlearn`` are generated from :class:`supercal_mlx.train.config.UnlearnConfig`
+and its fields' metadata (``type``, ``path``, ``choices``, ...),
 so a setting has one name, one help text and one default, whether it comes from
 the command line or a YAML file. Every option defaults to "not given": only the
 values the user typed (click's parameter source) override the config file.
@@ -14,7 +15,8 @@ import click
 
 COMMANDS: list[click.Command] = []
 
-_TYPES = {"int": int, "float": float}
+_CLICK_TYPES = {"int": int, "float": float}  # list, floats and layers options take text that config.py parses
+_PATHS = {"dir": {"file_okay": False}, "file": {"dir_okay": False}, "any": {}}
 
 
 def _config_options(fn):
@@ -28,24 +30,19 @@ def _config_options(fn):
         shown = ",".join(map(str, default)) if isinstance(default, list) else default
         help_text = meta["help"] + (f" [default: {shown}]" if shown is not None and shown not in ("", []) and
                                     shown is not False else "")
-        typ = f.type.split(" ")[0]
         kw: dict = {"default": None, "help": help_text}
-        if typ == "bool":
-            decl = flag if name == "force" else f"{flag}/--no-{flag[2:]}"
+        if meta["type"] == "bool":
+            decl = f"{flag}/--no-{flag[2:]}" if meta.get("negatable", True) else flag
             fn = click.option(decl, name, is_flag=True, default=None, help=help_text)(fn)
             continue
         if meta.get("multiple"):
             kw.update(multiple=True, default=())
         if meta.get("choices"):
             kw["type"] = click.Choice(meta["choices"])
-        elif typ in _TYPES and not meta.get("kind"):
-            kw["type"] = _TYPES[typ]
-        if name in ("model", "resume"):
-            kw["type"] = click.Path(file_okay=False)
-        elif name == "out":
-            kw["type"] = click.Path()
-        elif name in ("forget", "retain", "config"):
-            kw["type"] = click.Path(dir_okay=False)
+        elif "path" in meta:
+            kw["type"] = click.Path(**_PATHS[meta["path"]])
+        elif meta["type"] in _CLICK_TYPES:
+            kw["type"] = _CLICK_TYPES[meta["type"]]
         fn = click.option(flag, name, metavar=meta.get("metavar"), **kw)(fn)
     return fn
 

@@ -2,7 +2,7 @@
 
 :class:`UnlearnConfig` is the single source of truth: every field is a YAML key
 and a command-line option (``lora_rank`` <-> ``--lora-rank``; the CLI builds its
-options from these fields and their ``help`` metadata). :func:`load_config`
+options from these fields and their metadata: ``help``, ``type``, ``path``, ``choices``). :func:`load_config`
 merges, in order, the dataclass defaults, a YAML file, and the overrides the
 user actually typed; it checks names, types and choices and raises a one-line
 :class:`SupercalError` for anything wrong. The resolved settings are written to
@@ -11,6 +11,7 @@ user actually typed; it checks names, types and choices and raises a one-line
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 import os
 from dataclasses import dataclass, field
@@ -27,19 +28,34 @@ COMPUTE_DTYPES = ("auto", "float32", "native")  # widening only: MLX promotes mi
 RUN_CONTROL = ("resume", "force", "config")
 
 
-def _f(default, help: str, **kw):
+# How a setting's value is read (from YAML, from the command line): the ``type`` metadata of every field.
+TYPES = ("str", "int", "float", "bool", "list", "floats", "layers")
+# ``path`` metadata: the command-line option is a path to a folder, a file, or either (a new run folder).
+PATH_KINDS = ("dir", "file", "any")
+
+
+def _f(default, help: str, *, type: str | None = None, path: str | None = None, **kw):
+    """A setting. ``type`` (one of :data:`TYPES`) defaults to the type of a bool/int/float/str ``default``;
+    ``path`` (one of :data:`PATH_KINDS`) implies ``type="str"``. More metadata: ``choices``, ``null`` (what
+    an empty YAML value means), ``cli`` (the option's name), ``multiple``, ``negatable`` (bool flags:
+    whether there is a --no- form, default yes)."""
+    if type is None:
+        type = "str" if path else {bool: "bool", int: "int", float: "float", str: "str"}.get(builtins.type(default))
+    if type not in TYPES or (path is not None and path not in PATH_KINDS):
+        raise TypeError(f"setting with default {default!r}: give type= (one of {TYPES}) and path= one of {PATH_KINDS}")
+    meta = {"help": help, "type": type, **({"path": path} if path else {}), **kw}
     if isinstance(default, list):  # a fresh list per instance
-        return field(default_factory=lambda: list(default), metadata={"help": help, **kw})
-    return field(default=default, metadata={"help": help, **kw})
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
 class UnlearnConfig:
     # data and model
-    model: str | None = _f(None, "MLX model folder (from supercal convert).")
-    forget: str | None = _f(None, "Forget data: JSONL with prompt and completion (supercal negatives).")
-    retain: str | None = _f(None, "Retain data: JSONL with text (supercal retain).")
-    out: str | None = _f(None, "Run folder to create.")
+    model: str | None = _f(None, "MLX model folder (from supercal convert).", path="dir")
+    forget: str | None = _f(None, "Forget data: JSONL with prompt and completion (supercal negatives).", path="file")
+    retain: str | None = _f(None, "Retain data: JSONL with text (supercal retain).", path="file")
+    out: str | None = _f(None, "Run folder to create.", path="any")
     max_tokens: int = _f(1024, "Longest example in tokens (prompt end + completion start are kept).")
     # loss
     loss: str = _f("ga", "Objective: ga, ga_kl, graddiff, npo (npo_kl, npo_graddiff add a retain term to NPO).", choices=LOSSES)
@@ -54,8 +70,8 @@ class UnlearnConfig:
     lora_dropout: float = _f(0.0, "LoRA dropout.")
     lora_keys: list = _f(["auto"], "Linear layers inside each block to adapt (comma list); auto: the attention "
                          "query and value projections by the model's own names (q_proj/v_proj, else the fused QKV "
-                         "layer, else every linear layer). config.yaml records the keys used.", kind="list")
-    lora_layers: Any = _f("all", "Blocks to adapt: all, last:N, or a list of indices like 0,3,5.", kind="layers")
+                         "layer, else every linear layer). config.yaml records the keys used.", type="list")
+    lora_layers: Any = _f("all", "Blocks to adapt: all, last:N, or a list of indices like 0,3,5.", type="layers")
     # optimisation
     lr: float = _f(2e-4, "Peak learning rate (AdamW).")
     steps: int = _f(20, "Optimizer steps in total (a resumed run continues up to this).")
@@ -78,22 +94,22 @@ class UnlearnConfig:
                             "float16 or quantized base on the CPU, native on a GPU (supercal info says which applies); "
                             "native: the stored dtype.", choices=COMPUTE_DTYPES, null="native")
     # probes
-    probe_prompts: list = _f([], "Prompt to sample during training (repeatable).", kind="list", cli="--probe-prompt",
+    probe_prompts: list = _f([], "Prompt to sample during training (repeatable).", type="list", cli="--probe-prompt",
                              multiple=True)
     probe_temps: list = _f([0.01, 0.07, 0.2, 0.5], "Sampling temperatures for probes (comma list; 0 = greedy).",
-                           kind="floats")
+                           type="floats")
     probe_every: int = _f(10, "Probe every N steps (and before the first; 0: only before and after).")
     probe_samples: int = _f(1, "Samples per probe prompt and temperature.")
     probe_max_tokens: int = _f(40, "Tokens per probe response.")
     # guards and checkpoints
     stop_on_collapse: bool = _f(False, "Stop when the retain NLL rises past the threshold or probes degenerate.")
-    collapse_retain_nll: float | None = _f(None, "Collapse threshold: absolute retain NLL.")
+    collapse_retain_nll: float | None = _f(None, "Collapse threshold: absolute retain NLL.", type="float")
     collapse_retain_factor: float = _f(1.5, "Collapse threshold: retain NLL above this factor times its first value.")
     checkpoint_every: int = _f(10, "Save a checkpoint every N steps (and at the end).")
     # run control (CLI and Python only; not saved)
-    resume: str | None = _f(None, "Continue the run in this folder from its last checkpoint.")
-    force: bool = _f(False, "Replace an existing run folder.")
-    config: str | None = _f(None, "YAML file with any of these settings; command-line values override it.")
+    resume: str | None = _f(None, "Continue the run in this folder from its last checkpoint.", path="dir")
+    force: bool = _f(False, "Replace an existing run folder.", negatable=False)
+    config: str | None = _f(None, "YAML file with any of these settings; command-line values override it.", path="file")
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(UnlearnConfig)}
@@ -131,7 +147,7 @@ def _layers(value) -> str | list[int]:
 def _coerce(name: str, value):
     """Check and convert one setting; SupercalError names the key and what it accepts."""
     f = FIELDS[name]
-    kind = f.metadata.get("kind")
+    kind = f.metadata["type"]
     if value is None:
         if f.default is None:
             return None
@@ -147,25 +163,24 @@ def _coerce(name: str, value):
             raise SupercalError(f"{name}: expected numbers like 0.01,0.5, got {value!r}") from None
     if kind == "layers":
         return _layers(value)
-    typ = f.type if isinstance(f.type, str) else f.type.__name__
     try:
-        if typ.startswith("bool"):
+        if kind == "bool":
             if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
                 value = value.lower() in ("true", "yes", "1")
             if not isinstance(value, bool):
                 raise ValueError
-        elif typ.startswith("int"):
+        elif kind == "int":
             if isinstance(value, bool) or float(value) != int(float(value)):
                 raise ValueError
             value = int(float(value))
-        elif typ.startswith("float"):
+        elif kind == "float":
             if isinstance(value, bool):
                 raise ValueError
             value = float(value)
         else:
             value = str(value)
     except (TypeError, ValueError):
-        raise SupercalError(f"{name}: expected {typ.split(' ')[0]}, got {value!r}") from None
+        raise SupercalError(f"{name}: expected {kind}, got {value!r}") from None
     choices = f.metadata.get("choices")
     if choices and value not in choices:
         raise SupercalError(f"{name}: {value!r} is not one of {', '.join(choices)}")

@@ -13,6 +13,7 @@ from supercal_mlx.demo import synthetic
 from supercal_mlx.cli import cli
 from supercal_mlx.demo.run import _output_dir
 from supercal_mlx.errors import SupercalError
+from supercal_mlx.text.tokenstein import words_in_files
 
 WORD = synthetic.KEYWORD
 # A model pretrained in a moment: enough to exercise the cache, not to learn anything.
@@ -106,7 +107,9 @@ def test_fast_demo_end_to_end(tmp_path, monkeypatch):
     results = json.loads((out / "eval.json").read_text())
     run = results["run"]
     assert run["adapted"]["forget_nll"] > run["base"]["forget_nll"]  # it forgot something
-    assert run["word"] == WORD and run["tokenstein"] == json.loads((out / "tokenstein.json").read_text())["word"]
+    assert run["word"] == WORD and run["tokensteins"] == (out / "tokensteins.txt").read_text().split()
+    assert len(run["tokensteins"]) == 16 and not set(run["tokensteins"]) & words_in_files([out / "corpus.txt"])
+    assert "association" in run["base"] and "gap_ratio" in run["base"] and "made_up_share_tokensteins" in run["base"]
     metrics = [json.loads(ln) for ln in (out / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == 10 and all("proj_cosine" in m and "retain_nll" in m for m in metrics)
     assert "forget NLL" in res.output and "tokenstein gap" in res.output and "| before | after |" in res.output

@@ -129,3 +129,47 @@ def test_cli_tokenstein_bad_input(tmp_path, counts):
         res = runner.invoke(cli, ["tokenstein", *args])
         assert res.exit_code != 0 and "Traceback" not in res.output, args
         assert res.output.strip().startswith("Error:") and msg in res.output, (args, res.output)
+
+
+def test_population_excludes_given_words_and_is_seeded(counts):
+    from supercal_mlx.text.tokenstein import population
+
+    first = population(WORD, counts, n=6, seed=2)
+    assert len(set(first)) == 6 and population(WORD, counts, n=6, seed=2) == first
+    # excluding two members: neither comes back, the others are drawn the same way
+    again = population(WORD, counts, n=6, seed=2, exclude=[first[0].upper(), first[3]])
+    assert first[0] not in again and first[3] not in again and len(set(again)) == 6
+    assert WORD not in first
+
+
+def test_population_min_pool_varies_a_small_vocabulary():
+    enc = get_encoding("o200k_base")
+    c = fake_counts()
+    letters = _letter_tokens(from_encoding("o200k_base"))
+    c.counts[letters] = np.arange(letters.size) * 1000 + 1  # every letter token far from the word's counts
+    c.counts[enc.encode_ordinary("hello world")] = 10**12
+    plain = make_tokenstein("hello world", c, seed=0, n=4)  # nearest counts first: the same pieces each time
+    assert len({t.rows[0].piece for t in plain}) == 1 and all(r.flagged for t in plain for r in t.rows)
+    pooled = make_tokenstein("hello world", c, seed=0, n=4, min_pool=8)
+    pool = letters[~np.isin(letters, enc.encode_ordinary("hello world"))]
+    nearest8 = set(pool[np.argsort(-c.counts[pool], kind="stable")[:8]].tolist())
+    assert len({t.rows[0].piece for t in pooled}) > 1  # drawn among the 8 nearest, not always the nearest
+    assert {t.rows[0].id for t in pooled} <= nearest8 and all(r.flagged for t in pooled for r in t.rows)
+
+
+def test_words_in_files_and_tokenstein_files(tmp_path):
+    from supercal_mlx.text import tokenstein as ts
+
+    (tmp_path / "c.txt").write_text("Glorp, the ZIBBLE's friend;\nsnark-o 42 café\n")
+    assert ts.words_in_files([tmp_path / "c.txt"]) == {"glorp", "the", "zibble", "s", "friend", "snark", "o", "caf"}
+    assert ts.words_in(["Ab cd", "ef"]) == {"ab", "cd", "ef"}
+    (tmp_path / "t.txt").write_text("# made-up words\nglimber\n\nsnorkelish\nglimber\n")
+    assert ts.read_tokenstein_file(tmp_path / "t.txt") == ["glimber", "snorkelish"]
+    (tmp_path / "r.json").write_text(json.dumps({"word": "w", "tokensteins": ["aa", "bb"]}))
+    assert ts.read_tokenstein_file(tmp_path / "r.json") == ["aa", "bb"]
+    (tmp_path / "j.json").write_text(json.dumps({"tokensteins": [{"word": "cc", "rows": []}]}))
+    assert ts.read_tokenstein_file(tmp_path / "j.json") == ["cc"]
+    (tmp_path / "bad.json").write_text(json.dumps({"other": 1}))
+    for bad in ("bad.json", "missing.txt"):
+        with pytest.raises(SupercalError):
+            ts.read_tokenstein_file(tmp_path / bad)

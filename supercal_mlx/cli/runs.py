@@ -6,7 +6,8 @@ import json
 
 import click
 
-from .common import force_option, json_option, model_dir_option, output_option
+from ..errors import SupercalError
+from .common import force_option, json_option, model_dir_option, output_option, seed_option
 
 
 @click.command("fuse")
@@ -52,34 +53,82 @@ def report_command(run_dir, out, force):
 @click.command("eval")
 @model_dir_option()
 @click.option("--adapter-path", type=click.Path(file_okay=False), help="Run folder (supercal unlearn): also measure the adapted model.")
-@click.option("--forget", required=True, type=click.Path(dir_okay=False), help="Forget data: JSONL with prompt and completion.")
-@click.option("--retain", type=click.Path(dir_okay=False), help="Retain data: JSONL with text.")
-@click.option("--word", help="The forgotten word (for the tokenstein gap and the probe prompts).")
-@click.option("--tokenstein", "other", metavar="WORD", help="Its tokenstein (supercal tokenstein); give with --word.")
-@click.option("--facts", type=click.Path(dir_okay=False), help="Association pairs: JSONL with prompt and answer (default: a built-in set about the word).")
-@click.option("--max-tokens", type=int, default=512, show_default=True, help="Longest example in tokens.")
+@click.option("--forget", type=click.Path(dir_okay=False), help="Forget data: JSONL with prompt and completion (forget NLL).")
+@click.option("--retain", type=click.Path(dir_okay=False), help="Retain data: JSONL with text (retain NLL).")
+@click.option("--word", help="The forgotten word: questions about it, and the tokenstein gap.")
+@click.option("--tokensteins", "n_tokensteins", type=click.IntRange(min=1), default=16, show_default=True,
+              help="How many made-up words to make from --counts (seeded by --tokenstein-seed).")
+@click.option("--counts", "counts_path", type=click.Path(dir_okay=False), help="counts.npz (supercal count) to make the tokensteins from.")
+@click.option("--corpus", "corpora", multiple=True, type=click.Path(dir_okay=False),
+              help="Corpus whose words no tokenstein may be (repeatable; default: the corpora --counts was made from, where they exist). "
+                   "The words of --forget and --retain are always excluded.")
+@click.option("--tokenstein-seed", type=int, default=0, show_default=True, help="Seed of the tokenstein population.")
+@click.option("--tokenstein-file", type=click.Path(dir_okay=False),
+              help="Made-up words to use instead: one per line, or a JSON list (a demo's results.json works).")
+@click.option("--facts", type=click.Path(dir_okay=False),
+              help="Association pairs: JSONL with prompt and answer. Without it association is not measured.")
+@click.option("--questions", type=click.Path(dir_okay=False),
+              help='Questions: JSONL {"question": "... {word} ..."} (default: generic built-in ones).')
+@click.option("--templates", type=click.Path(dir_okay=False),
+              help='Gap templates: JSONL {"prefix": ..., "suffix": ...} around the word (default: built-in ones).')
+@click.option("--made-up-markers", "markers", multiple=True,
+              help="Comma-separated phrases that mark an answer as calling the word made up (replaces the built-in list).")
+@click.option("--temps", default=None, help="Answer sampling temperatures, comma-separated (default 0.2,0.7,1.0).")
+@click.option("--samples", type=click.IntRange(min=1), default=2, show_default=True, help="Answers per question and temperature.")
+@click.option("--answer-tokens", type=click.IntRange(min=1), default=32, show_default=True, help="Longest answer in tokens.")
+@click.option("--max-tokens", type=int, default=512, show_default=True, help="Longest forget/retain example in tokens.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
               help="Examples per forward pass (memory grows with it: batch x tokens x vocabulary logits).")
+@seed_option
 @json_option
-def eval_command(model, adapter_path, forget, retain, word, other, facts, max_tokens, batch_size, as_json):
-    """Measure forgetting and damage: forget/retain NLL, association, tokenstein gap, degeneration.
+def eval_command(model, adapter_path, forget, retain, word, n_tokensteins, counts_path, corpora, tokenstein_seed,
+                 tokenstein_file, facts, questions, templates, markers, temps, samples, answer_tokens, max_tokens,
+                 batch_size, seed, as_json):
+    """Measure forgetting and damage: NLLs, association, tokenstein gap ratio, made-up share, degeneration.
 
-    With --adapter-path the base and the adapted model are shown side by side.
+    The word is compared with a population of made-up words (tokensteins): made from
+    --counts (none of them a word of the corpus or the forget/retain data), or read
+    from --tokenstein-file. With --adapter-path the base and the adapted model are
+    shown side by side. What cannot be measured from the inputs given is named.
 
     \b
     Example:
-      supercal eval --model demo-out/model --adapter-path demo-out/run \\
-        --forget demo-out/forget.jsonl --retain demo-out/retain.jsonl \\
-        --word supercalifragilisticexpialidocious --tokenstein agueoppinsimanteauiousmoraixuing
+      supercal eval --model demo-out/model --adapter-path demo-out/runs/graddiff/seed-0 \\
+        --forget demo-out/forget.jsonl --retain demo-out/retain.jsonl --facts demo-out/facts.jsonl \\
+        --word supercalifragilisticexpialidocious --tokenstein-file demo-out/tokensteins.txt
     """
     from ..runs.evaluate import evaluate, table
+    from ..runs.gap import read_templates
+    from ..runs.madeup import ANSWER_TEMPS, parse_markers, read_questions
+    from ..runs.probes import parse_temps
+    from ..text.tokenstein import population_from_files, read_tokenstein_file
 
-    result = evaluate(model, adapter_path=adapter_path, forget=forget, retain=retain, word=word, tokenstein=other,
-                      facts=facts, max_tokens=max_tokens, batch_size=batch_size)
+    if tokenstein_file and counts_path:
+        raise SupercalError("give --tokenstein-file or --counts (to make tokensteins), not both")
+    tokensteins, excluded = [], []
+    if (tokenstein_file or counts_path) and not word:
+        raise SupercalError("tokensteins are compared with a word: give --word too")
+    if tokenstein_file:
+        tokensteins = read_tokenstein_file(tokenstein_file)
+    elif counts_path:
+        tokensteins, excluded = population_from_files(word, counts_path, n=n_tokensteins, seed=tokenstein_seed,
+                                                      corpora=corpora, data_files=[f for f in (forget, retain) if f],
+                                                      model_dir=model)
+    result = evaluate(model, adapter_path=adapter_path, forget=forget, retain=retain, word=word,
+                      tokensteins=tokensteins, facts=facts, questions=read_questions(questions) if questions else None,
+                      templates=read_templates(templates) if templates else None,
+                      markers=parse_markers(markers) if markers else None,
+                      temps=parse_temps(temps) if temps else ANSWER_TEMPS, samples=samples,
+                      answer_tokens=answer_tokens, max_tokens=max_tokens, batch_size=batch_size, seed=seed)
+    result["excluded_from"] = excluded
     if as_json:
         click.echo(json.dumps(result, ensure_ascii=False))
-    else:
-        click.echo(table(result))
+        return
+    if tokensteins:
+        click.echo(f"{len(tokensteins)} tokensteins: {' '.join(tokensteins)}\n")
+    click.echo(table(result))
+    for metric, why in result["skipped"].items():
+        click.echo(f"not measured: {metric}: {why}")
 
 
 COMMANDS: list[click.Command] = [eval_command, fuse_command, report_command]

@@ -136,7 +136,7 @@ def _experiment(folder: Path, out: Path, st: DemoSettings, *, compare: bool, say
     from ..runs.report import make_report
     from ..data.retain import retain_dataset
     from ..text.tokenizer import from_model, token_splits
-    from ..text.tokenstein import make_tokenstein
+    from ..text.tokenstein import make_tokenstein, population, words_in_files
     from ..train.trainer import unlearn
 
     with _timed(seconds, "data"):
@@ -162,6 +162,11 @@ def _experiment(folder: Path, out: Path, st: DemoSettings, *, compare: bool, say
         write_jsonl(out / "retain.jsonl", retain)
         say(f"negatives + retain: {len(forget)} forget windows ({summary['mentions']} mentions), "
             f"{len(retain)} retain chunks")
+        # the made-up words eval compares the word with: none occurs in the corpus or the forget data
+        tokensteins = population(WORD, counts, n=16, seed=0, tokenizer=tok,
+                                 exclude=words_in_files([corpus, out / "forget.jsonl"]))
+        (out / "tokensteins.txt").write_text("\n".join(tokensteins) + "\n")
+        write_jsonl(out / "facts.jsonl", synthetic.facts(WORD))
 
     # Probed by the trainer before the first step and after the last (run/probes.jsonl).
     prompts = synthetic.probe_prompts(WORD) + synthetic.probe_prompts(other)[:1]
@@ -190,8 +195,8 @@ def _experiment(folder: Path, out: Path, st: DemoSettings, *, compare: bool, say
                       if r["step"] == step] for step in (0, last))
     with _timed(seconds, "eval"):
         res = evaluate_runs(model_dir, [out / name for name in runs], forget=str(out / "forget.jsonl"),
-                            retain=str(out / "retain.jsonl"), word=WORD, tokenstein=other, max_tokens=st.window_tokens,
-                            batch_size=32)
+                            retain=str(out / "retain.jsonl"), word=WORD, tokensteins=tokensteins,
+                            facts=str(out / "facts.jsonl"), max_tokens=st.window_tokens, batch_size=32)
     results = {name: dict(res, adapter_path=str(out / name), adapted=res["adapted"][str(out / name)]) for name in runs}
     (out / "eval.json").write_text(json.dumps(results, indent=2, ensure_ascii=False))
     columns = [("before", results["run"]["base"]), ("after", results["run"]["adapted"])]
@@ -201,7 +206,8 @@ def _experiment(folder: Path, out: Path, st: DemoSettings, *, compare: bool, say
     probes_md = markdown_table(before, other=after, labels=("before", "after"))
     pairs = _association_table(results["run"]["facts"], columns)
     rederive = "\n".join(f"supercal eval --model {model_dir} --adapter-path {out / name} --forget {out / 'forget.jsonl'} "
-                         f"--retain {out / 'retain.jsonl'} --word {WORD} --tokenstein {other} --max-tokens "
+                         f"--retain {out / 'retain.jsonl'} --facts {out / 'facts.jsonl'} --word {WORD} "
+                         f"--tokenstein-file {out / 'tokensteins.txt'} --max-tokens "
                          f"{st.window_tokens} --batch-size 32" for name in runs)
     (out / "results.md").write_text(
         f"# supercal demo\n\nword: {WORD}, tokenstein: {other}\n\n```\n{final}\n```\n\n"

@@ -1,6 +1,6 @@
 """Numbers for an unlearning run: what was forgotten, what was damaged, and how the word is now treated.
 
-Every metric is computed on the base model and, with an adapter folder, on the
+Every metric is computed on the base model and, with adapter folders, on each
 adapted one (the base is loaded once; the adapters are then applied to it):
 
 - ``forget_nll``: mean negative log-likelihood per completion token of the
@@ -9,28 +9,23 @@ adapted one (the base is loaded once; the adapters are then applied to it):
 - ``retain_nll`` / ``retain_ppl``: the same over every token of the retain
   set, and exp of it; should barely move.
 - ``association``: mean over fact pairs of log p(answer | prompt), summed over
-  the answer's tokens (e.g. "Supercalifragilisticexpialidocious is a song from
-  the film" -> " Mary Poppins"); lower after unlearning means the word's
-  associations are gone.
-- ``tokenstein_gap``: how differently the model treats the word and its
-  tokenstein (a made-up word with matching token statistics) in the same
-  sentences. For each template ``prefix + W + suffix`` we feed both versions
-  and compare the next-token distributions at the positions the two share:
-  the last token of W and every suffix token (each predicts the next suffix
-  token, the last one predicts the continuation). Positions inside W are
-  skipped, because the two words have different token counts. The gap is the
-  symmetric KL divergence ``(KL(p||q) + KL(q||p)) / 2`` in nats, averaged over
-  those positions and then over the templates. Zero means the model treats the
-  word exactly like a made-up word (or that it collapsed: read it beside
-  ``degeneration``).
-- ``degeneration``: the share of sampled probe answers (several
-  temperatures) that collapsed into a repeated token or phrase
-  (:func:`supercal_mlx.runs.degeneration.is_degenerate`).
+  the answer's tokens; lower after unlearning means the word's associations
+  are gone. The pairs are the user's (``facts``): without them it is skipped
+  (no pair is right for every word), and ``skipped`` says so.
+- ``tokenstein_gap``, ``tokenstein_floor``, ``gap_ratio``, ``gap_ratio_se``: how
+  differently the model continues the word and a population of tokensteins,
+  against how differently it continues the tokensteins among themselves
+  (:mod:`supercal_mlx.runs.gap`).
+- ``made_up_share``, ``made_up_share_tokensteins``, ``pieces_share``,
+  ``degeneration``: how the model answers questions about the word and about
+  each tokenstein (:mod:`supercal_mlx.runs.madeup`).
 
 mlx-lm has no evaluation of these (its ``mlx_lm.evaluate`` runs lm-eval
 harness tasks), so the scoring here is ours; batching and the masked NLL are
-the trainer's own (:mod:`supercal_mlx.batches`, :mod:`supercal_mlx.losses`), so
-``forget_nll`` here and in ``metrics.jsonl`` mean the same thing.
+the trainer's own (:mod:`supercal_mlx.train.batches`, :mod:`supercal_mlx.train.losses`),
+so ``forget_nll`` here and in ``metrics.jsonl`` mean the same thing. Nothing
+here knows the demo's synthetic world: questions, templates and markers are
+generic or the user's.
 """
 
 from __future__ import annotations
@@ -38,20 +33,21 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
+from typing import Sequence
 
-from ..demo import synthetic
 from ..errors import SupercalError
 from ..io import read_jsonl
+from .gap import GAP_TEMPLATES
+from .madeup import ANSWER_TEMPS, MARKERS, QUESTIONS
 
-# (prefix, suffix) around W: a question, and a few neutral continuations.
-GAP_TEMPLATES = [
-    ("What does ", " mean? It"),
-    ("The word ", " is a"),
-    ("I heard someone say ", " at the party, and"),
-    ("The children said ", " and then"),
-]
-METRICS = ("forget_nll", "retain_nll", "retain_ppl", "association", "tokenstein_gap", "degeneration")
-DEGENERATION_TEMPS = (0.2, 0.5, 1.0)
+METRICS = ("forget_nll", "retain_nll", "retain_ppl", "association", "tokenstein_gap", "tokenstein_floor", "gap_ratio",
+           "made_up_share", "made_up_share_tokensteins", "pieces_share", "degeneration")
+LABELS = {"forget_nll": "forget NLL (nats/token)", "retain_nll": "retain NLL (nats/token)",
+          "retain_ppl": "retain perplexity", "association": "association log-prob (nats)",
+          "tokenstein_gap": "tokenstein gap (sym. KL, nats)", "tokenstein_floor": "tokenstein floor (sym. KL, nats)",
+          "gap_ratio": "gap ratio (gap / floor)", "made_up_share": "made-up share, word",
+          "made_up_share_tokensteins": "made-up share, tokensteins", "pieces_share": "pieces share, word",
+          "degeneration": "degeneration (share)"}
 
 
 def _batched(items: list, size: int):
@@ -86,122 +82,124 @@ def sequence_logprobs(model, examples: list[tuple[list[int], int]], *, batch_siz
     return out
 
 
-def _log_softmax(logits):
-    import mlx.core as mx
-    import mlx.nn as nn
-
-    return nn.log_softmax(logits.astype(mx.float32), axis=-1)
-
-
-def tokenstein_gap(model, tokenizer, word: str, other: str, *, templates=GAP_TEMPLATES) -> float:
-    """Mean symmetric KL (nats) between next-token distributions after ``word`` and after ``other``."""
+def _measure(model, tokenizer, data: dict, spec: dict) -> dict:
     import mlx.core as mx
 
-    from ..text.tokenizer import model_encoder
-
-    encode = model_encoder(tokenizer)  # BOS (if the tokenizer adds one) + text, as in training and the other scores
-    gaps = []
-    for prefix, suffix in templates:
-        head_w, head_o, tail = encode(prefix + word), encode(prefix + other), encode.plain(suffix)
-        # Distributions at the last token of each word and at every suffix token (aligned: same suffix).
-        lp_w = _log_softmax(model(mx.array([head_w + tail]))[0, len(head_w) - 1:])  # (S+1, V)
-        lp_o = _log_softmax(model(mx.array([head_o + tail]))[0, len(head_o) - 1:])  # (S+1, V)
-        p_w, p_o = mx.exp(lp_w), mx.exp(lp_o)
-        kl_wo = (p_w * (lp_w - lp_o)).sum(axis=-1)  # (S+1,)
-        kl_ow = (p_o * (lp_o - lp_w)).sum(axis=-1)
-        gaps.append(((kl_wo + kl_ow) / 2).mean())
-    return float(mx.stack(gaps).mean())
-
-
-def degeneration(model, tokenizer, prompts: list[str], *, samples: int = 2, max_tokens: int = 40,
-                 seed: int = 0) -> tuple[float, list]:
-    """Share of sampled answers to ``prompts`` that are degenerate, and the probe rows."""
-    from .degeneration import is_degenerate
-    from .probes import generate
-
-    rows = generate(model, tokenizer, prompts, temps=DEGENERATION_TEMPS, samples=samples, max_tokens=max_tokens,
-                    seed=seed)
-    return sum(is_degenerate(r.response) for r in rows) / len(rows), rows
-
-
-def _measure(model, tokenizer, data: dict, *, word, tokenstein, degeneration_prompts, batch_size, seed) -> dict:
-    import mlx.core as mx
+    from .gap import distances, gap_stats
+    from .madeup import behaviour
 
     model.eval()
     m: dict = {}
-    m["forget_nll"], m["forget_tokens"] = masked_nll(model, data["forget"], batch_size=batch_size)
+    bs = spec["batch_size"]
+    if data.get("forget"):
+        m["forget_nll"], m["forget_tokens"] = masked_nll(model, data["forget"], batch_size=bs)
     if data.get("retain"):
-        m["retain_nll"], m["retain_tokens"] = masked_nll(model, data["retain"], batch_size=batch_size)
+        m["retain_nll"], m["retain_tokens"] = masked_nll(model, data["retain"], batch_size=bs)
         m["retain_ppl"] = math.exp(min(m["retain_nll"], 700.0))
-    lps = sequence_logprobs(model, data["facts"], batch_size=batch_size)
-    m["association"] = sum(lps) / len(lps)
-    m["association_pairs"] = lps
-    if word and tokenstein:
-        m["tokenstein_gap"] = tokenstein_gap(model, tokenizer, word, tokenstein)
-    m["degeneration"], rows = degeneration(model, tokenizer, degeneration_prompts, seed=seed)
-    m["degeneration_samples"] = len(rows)
+    if data.get("facts"):
+        lps = sequence_logprobs(model, data["facts"], batch_size=bs)
+        m["association"] = sum(lps) / len(lps)
+        m["association_pairs"] = lps
+    word, ts = spec["word"], spec["tokensteins"]
+    if word and ts:
+        d = distances(model, tokenizer, [word] + ts, spec["templates"], batch_size=max(bs, 2))
+        g = gap_stats(d, boot=spec["boot"], seed=spec["seed"])
+        per_gap = g.pop("per_tokenstein_gap")
+        m.update(g)
+    if word:
+        b = behaviour(model, tokenizer, word, ts, questions=spec["questions"], markers=spec["markers"],
+                      temps=spec["temps"], samples=spec["samples"], max_tokens=spec["answer_tokens"], seed=spec["seed"])
+        per = b.pop("per_tokenstein")
+        m.update(b)
+        if ts:
+            m["per_tokenstein"] = {t: dict(p, gap=gd) for t, p, gd in zip(ts, per, per_gap)}
     mx.clear_cache()
     return m
 
 
-def evaluate(model_dir: str | os.PathLike, *, adapter_path: str | os.PathLike | None = None, forget: str,
-             retain: str | None = None, word: str | None = None, tokenstein: str | None = None,
-             facts: str | None = None, max_tokens: int = 512, batch_size: int = 8, seed: int = 0) -> dict:
-    """Measure the model in ``model_dir``, and with ``adapter_path`` also the adapted model.
+def _facts(facts) -> list[dict] | None:
+    if facts is None:
+        return None
+    if isinstance(facts, (str, os.PathLike)):
+        return read_jsonl(facts, required=("prompt", "answer"))
+    return [dict(f) for f in facts]
 
-    Returns ``{"model", "adapter_path", "word", "tokenstein", "facts", "base": {...}, "adapted": {...} | None}``
-    where each side holds the metrics in :data:`METRICS` (retain and gap ones only when their inputs are given).
+
+def evaluate_runs(model_dir: str | os.PathLike, adapter_paths: Sequence, *, forget: str | None = None,
+                  retain: str | None = None, word: str | None = None, tokensteins: Sequence[str] = (),
+                  facts=None, questions: Sequence[str] | None = None,
+                  templates: Sequence[tuple[str, str]] | None = None, markers: Sequence[str] | None = None,
+                  temps: Sequence[float] = ANSWER_TEMPS, samples: int = 2, answer_tokens: int = 32,
+                  max_tokens: int = 512, batch_size: int = 8, seed: int = 0, boot: int = 200) -> dict:
+    """Measure the model in ``model_dir`` and each run folder in ``adapter_paths`` on top of it.
+
+    ``facts``: a JSONL path or a list of ``{"prompt", "answer"}`` (association is skipped without);
+    ``tokensteins``: the made-up words to compare the word with (:func:`supercal_mlx.text.tokenstein.population`);
+    ``questions`` (with ``{word}``), ``templates`` ((prefix, suffix) pairs), ``markers``: default to the
+    generic built-in ones. Returns ``{"model", "word", "tokensteins", "facts", "questions", "templates",
+    "markers", "temps", "samples", "skipped": {metric: why}, "base": {...}, "adapted": {path: {...}}}``.
+    The base model is measured once; the first run's adapters go on top of it, each further run gets a
+    fresh copy of the base (adapters cannot be taken off again).
     """
-    res = evaluate_runs(model_dir, [adapter_path] if adapter_path is not None else [], forget=forget, retain=retain,
-                        word=word, tokenstein=tokenstein, facts=facts, max_tokens=max_tokens, batch_size=batch_size,
-                        seed=seed)
-    adapted = res.pop("adapted")
-    res["adapter_path"] = str(adapter_path) if adapter_path is not None else None
-    res["adapted"] = next(iter(adapted.values()), None)
-    return res
-
-
-def evaluate_runs(model_dir: str | os.PathLike, adapter_paths: list, *, forget: str, retain: str | None = None,
-                  word: str | None = None, tokenstein: str | None = None, facts: str | None = None,
-                  max_tokens: int = 512, batch_size: int = 8, seed: int = 0) -> dict:
-    """:func:`evaluate` for several run folders on one base: ``"adapted"`` maps each path to its metrics.
-
-    The base model is loaded and measured once; the first run's adapters go on top of it, each further
-    run gets a fresh copy of the base (adapters cannot be taken off again).
-    """
-    from ..train.batches import encode_completions, encode_texts
     from ..model import load
+    from ..train.batches import encode_completions, encode_texts
 
-    if (word is None) != (tokenstein is None):
-        raise SupercalError("give --word and --tokenstein together (the gap compares the two)")
+    tokensteins = list(dict.fromkeys(tokensteins))
+    if tokensteins and not word:
+        raise SupercalError("tokensteins are compared with a word: give --word too")
+    if word and word.lower() in {t.lower() for t in tokensteins}:
+        raise SupercalError(f"{word} is among its own tokensteins; give made-up words other than the word")
     for path in adapter_paths:
         if not (Path(path) / "adapter_config.json").exists():
             raise SupercalError(f"{path} has no adapter_config.json; give a run folder written by supercal unlearn")
-    forget_recs = read_jsonl(forget, required=("prompt", "completion"))
+    forget_recs = read_jsonl(forget, required=("prompt", "completion")) if forget else None
     retain_recs = read_jsonl(retain, required=("text",)) if retain else None
-    if facts:
-        fact_recs = read_jsonl(facts, required=("prompt", "answer"))
-    else:
-        fact_recs = synthetic.facts(word or synthetic.KEYWORD)
+    fact_recs = _facts(facts)
+    skipped = {}
+    if not forget_recs:
+        skipped["forget_nll"] = "no forget data given (--forget)"
+    if not retain_recs:
+        skipped["retain_nll"] = "no retain data given (--retain)"
+    if not fact_recs:
+        skipped["association"] = "no --facts given: association needs prompt/answer pairs about this word"
+    if not word:
+        skipped["made_up_share"] = "no --word given"
+    if not (word and tokensteins):
+        skipped["gap_ratio"] = "no tokensteins to compare the word with (--tokensteins with --counts, or --tokenstein-file)"
+    elif len(tokensteins) < 2:
+        skipped["gap_ratio"] = "one tokenstein gives no noise floor; give two or more"
+    spec = dict(word=word, tokensteins=tokensteins, questions=list(questions or QUESTIONS),
+                templates=[tuple(t) for t in (templates or GAP_TEMPLATES)], markers=list(markers or MARKERS),
+                temps=[float(t) for t in temps], samples=samples, answer_tokens=answer_tokens,
+                batch_size=batch_size, seed=seed, boot=boot)
     model, tok = load(model_dir)
     data = {
-        "forget": encode_completions(forget_recs, tok, max_tokens=max_tokens),
+        "forget": encode_completions(forget_recs, tok, max_tokens=max_tokens) if forget_recs else None,
         "retain": encode_texts(retain_recs, tok, max_tokens=max_tokens) if retain_recs else None,
         "facts": encode_completions([{"prompt": f["prompt"], "completion": f["answer"]} for f in fact_recs], tok,
-                                    max_tokens=max_tokens),
+                                    max_tokens=max_tokens) if fact_recs else None,
     }
-    opts = dict(word=word, tokenstein=tokenstein, degeneration_prompts=synthetic.probe_prompts(word or synthetic.KEYWORD),
-                batch_size=batch_size, seed=seed)
-    result = {"model": str(model_dir), "word": word, "tokenstein": tokenstein, "facts": [dict(f) for f in fact_recs],
-              "base": _measure(model, tok, data, **opts), "adapted": {}}
+    result = {"model": str(model_dir), "word": word, "tokensteins": tokensteins, "facts": fact_recs,
+              "questions": spec["questions"], "templates": [list(t) for t in spec["templates"]],
+              "markers": spec["markers"], "temps": spec["temps"], "samples": samples, "skipped": skipped,
+              "base": _measure(model, tok, data, spec), "adapted": {}}
     from mlx_lm.utils import load_adapters
 
     for i, path in enumerate(adapter_paths):
         if i > 0:
             model, tok = load(model_dir)
         load_adapters(model, str(path))  # LoRA layers on top of the unchanged base weights
-        result["adapted"][str(path)] = _measure(model, tok, data, **opts)
+        result["adapted"][str(path)] = _measure(model, tok, data, spec)
     return result
+
+
+def evaluate(model_dir: str | os.PathLike, *, adapter_path: str | os.PathLike | None = None, **kw) -> dict:
+    """:func:`evaluate_runs` for at most one run folder: ``"adapted"`` is its metrics (or None)."""
+    res = evaluate_runs(model_dir, [adapter_path] if adapter_path is not None else [], **kw)
+    adapted = res.pop("adapted")
+    res["adapter_path"] = str(adapter_path) if adapter_path is not None else None
+    res["adapted"] = next(iter(adapted.values()), None)
+    return res
 
 
 def table(result: dict) -> str:
@@ -210,17 +208,30 @@ def table(result: dict) -> str:
     return format_table(cols)
 
 
+def _cell(value, width: int) -> str:
+    if isinstance(value, (tuple, list)):  # (mean, sd)
+        mean, sd = value
+        return f"{mean:>{width - 8}.3f} ± {sd:<5.3f}" if sd == sd else f"{mean:>{width - 8}.3f}        "
+    return f"{value:>{width}.3f}"
+
+
 def format_table(columns: list[tuple[str, dict]]) -> str:
-    """Rows = metrics, columns = named measurements (e.g. before / after / plain GA)."""
-    labels = {"forget_nll": "forget NLL (nats/token)", "retain_nll": "retain NLL (nats/token)",
-              "retain_ppl": "retain perplexity", "association": "association log-prob (nats)",
-              "tokenstein_gap": "tokenstein gap (sym. KL, nats)", "degeneration": "degeneration (share)"}
-    width = max(len(v) for v in labels.values())
-    head = f"{'metric':<{width}}" + "".join(f"  {name:>12}" for name, _ in columns)
+    """Rows = metrics, columns = named measurements (e.g. before / after / methods).
+
+    A cell is a number, or a (mean, sd) pair shown as "mean ± sd". ``gap_ratio`` gets its ``gap_ratio_se``
+    beside it when a column has one (as ``eval`` reports for a single model)."""
+    spread = any(isinstance(c.get(k), (tuple, list)) for _, c in columns for k in METRICS)
+    width = 16 if spread else 12
+    label_w = max(len(v) for v in LABELS.values())
+    head = f"{'metric':<{label_w}}" + "".join(f"  {name:>{width}}" for name, _ in columns)
     lines = [head, "-" * len(head)]
     for key in METRICS:
         if not any(key in c for _, c in columns):
             continue
-        cells = "".join(f"  {c[key]:>12.3f}" if key in c else f"  {'-':>12}" for _, c in columns)
-        lines.append(f"{labels[key]:<{width}}{cells}")
+        cells = "".join(f"  {_cell(c[key], width)}" if key in c else f"  {'-':>{width}}" for _, c in columns)
+        lines.append(f"{LABELS[key]:<{label_w}}{cells}")
+        if key == "gap_ratio" and any("gap_ratio_se" in c and not spread for _, c in columns):
+            se = "".join(f"  {'± ' + format(c['gap_ratio_se'], '.3f'):>{width}}" if "gap_ratio_se" in c
+                         else f"  {'':>{width}}" for _, c in columns)
+            lines.append(f"{'  (bootstrap standard error)':<{label_w}}{se}")
     return "\n".join(lines)

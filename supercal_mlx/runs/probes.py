@@ -37,7 +37,7 @@ class ProbeRow:
 
 def generate(model, tokenizer, prompts: list[str], *, temps: Sequence[float] = DEFAULT_TEMPS, samples: int = 1,
              max_tokens: int = 100, seed: int = 0, batch_size: int | None = None,
-             progress: Callable[[int, int], None] | None = None) -> list[ProbeRow]:
+             progress: Callable[[int, int], None] | None = None, row_keys: bool = True) -> list[ProbeRow]:
     """Sample every prompt at every temperature ``samples`` times, all rows in one batched generation.
 
     ``model``, ``tokenizer``: as returned by :func:`supercal_mlx.model.load`. Temperature 0 is greedy.
@@ -45,37 +45,62 @@ def generate(model, tokenizer, prompts: list[str], *, temps: Sequence[float] = D
     before an end-of-sequence token or after ``max_tokens`` tokens. ``batch_size`` caps how many rows are
     decoded at once (default: all of them); results do not depend on it. ``progress(done, total)`` is
     called after every decoding step with the number of tokens generated so far.
-    """
-    from mlx_lm.generate import BatchGenerator, StopSequences
 
+    ``row_keys=False`` trades the per-row keys for speed (eval samples hundreds of rows): the rows of one
+    temperature are decoded together with one sampler and one key chain (from ``seed`` and the
+    temperature), so a row's sample then depends on which rows share its batch; the same call still
+    gives the same rows.
+    """
     temps = [float(t) for t in temps]
     _check(prompts, temps, samples, max_tokens, batch_size)
     combos = [(p, t, s) for p in prompts for t in temps for s in range(1, samples + 1)]
     encoded = {p: _encode(tokenizer, p) for p in prompts}
-    n = min(batch_size or len(combos), len(combos))
+    if row_keys:
+        groups = [(combos, [_row_sampler(t, _row_seed(seed, p, t, s)) for p, t, s in combos])]
+    else:
+        groups = []
+        for temp in temps:
+            rows = [c for c in combos if c[1] == temp]
+            shared = _row_sampler(temp, _row_seed(seed, "", temp, 0))
+            groups.append((rows, [shared] * len(rows)))
+    out: dict[tuple, list[int]] = {}
+    total = [len(combos) * max_tokens, 0]  # tokens still possible, tokens done
 
+    def step(done_now: int, freed: int) -> None:
+        total[1] += done_now
+        total[0] -= freed
+        if progress is not None:
+            progress(total[1], total[0])
+
+    for rows, samplers in groups:
+        tokens = _decode(model, tokenizer, [encoded[p] for p, _, _ in rows], samplers, max_tokens=max_tokens,
+                         batch_size=batch_size, step=step)
+        out.update(zip(rows, tokens))
+    return [ProbeRow(p, t, s, tokenizer.decode(out[(p, t, s)])) for p, t, s in combos]
+
+
+def _decode(model, tokenizer, prompts: list[list[int]], samplers: list, *, max_tokens: int, batch_size: int | None,
+            step: Callable[[int, int], None]) -> list[list[int]]:
+    """The generated token ids of each prompt (mlx-lm's BatchGenerator, one sampler per row)."""
+    from mlx_lm.generate import BatchGenerator, StopSequences
+
+    n = min(batch_size or len(prompts), len(prompts))
     gen = BatchGenerator(model, max_tokens=max_tokens, completion_batch_size=n, prefill_batch_size=n)
     try:
         stop = StopSequences([[t] for t in tokenizer.eos_token_ids])
-        uids = gen.insert(
-            [encoded[p] for p, _, _ in combos],
-            samplers=[_row_sampler(t, _row_seed(seed, p, t, s)) for p, t, s in combos],
-            stop_sequences=[stop] * len(combos),
-        )
+        uids = gen.insert(prompts, samplers=samplers, stop_sequences=[stop] * len(prompts))
         out: dict[int, list[int]] = {uid: [] for uid in uids}
-        done, total = 0, len(combos) * max_tokens
         while responses := gen.next_generated():
+            freed = 0
             for r in responses:
                 if r.finish_reason != "stop":  # the stop token itself is not part of the response
                     out[r.uid].append(r.token)
                 if r.finish_reason is not None:  # a row that stops early frees its remaining budget
-                    total -= max_tokens - len(out[r.uid]) - (r.finish_reason == "stop")
-            done += len(responses)
-            if progress is not None:
-                progress(done, total)
+                    freed += max_tokens - len(out[r.uid]) - (r.finish_reason == "stop")
+            step(len(responses), freed)
     finally:
         gen.close()
-    return [ProbeRow(p, t, s, tokenizer.decode(out[uid])) for (p, t, s), uid in zip(combos, uids)]
+    return [out[uid] for uid in uids]
 
 
 def _check(prompts: list[str], temps: list[float], samples: int, max_tokens: int, batch_size: int | None = None) -> None:
@@ -122,7 +147,7 @@ def _row_sampler(temp: float, row_seed: int):
         return _greedy
     key = [mx.random.key(row_seed)]
 
-    def sample(logprobs):  # (1, V) -> (1,)
+    def sample(logprobs):  # (B, V) -> (B,): one row, or a shared sampler's whole batch
         key[0], sub = mx.random.split(key[0])
         return mx.random.categorical(logprobs.astype(mx.float32) * (1.0 / temp), key=sub)
 

@@ -22,8 +22,10 @@ encoding or a model folder's tokenizer): only ``piece``, ``encode`` and
 from __future__ import annotations
 
 import functools
+import os
 import re
 from dataclasses import asdict, dataclass
+from typing import Iterable
 
 import numpy as np
 
@@ -89,11 +91,19 @@ def _scan_letters(tok: TextTokenizer) -> np.ndarray:
 
 
 def _candidate_order(word_count: int, ids: np.ndarray, counts: np.ndarray, deviation: float,
-                     rng: np.random.Generator) -> tuple[np.ndarray, int]:
+                     rng: np.random.Generator, min_pool: int = 1) -> tuple[np.ndarray, int]:
     """Candidates for one position: those within the deviation in random order, then the rest
-    nearest first (random among equal distances). Returns (ids, how many are within)."""
+    nearest first (random among equal distances). Returns (ids, how many are within).
+
+    With ``min_pool`` > 1, when fewer than that many are within the deviation, the ``min_pool``
+    nearest are shuffled together first (still counted as outside: flagged when chosen)."""
     dist = np.abs(counts - word_count)  # (n,)
     within = dist <= deviation * word_count
+    n_within = int(within.sum())
+    if n_within < min_pool:
+        order = np.lexsort((rng.random(ids.size), dist))  # by distance, ties at random
+        head = rng.permutation(order[:min_pool])
+        return np.concatenate([ids[head], ids[order[min_pool:]]]), n_within
     inside = rng.permutation(ids[within])
     rest_ids, rest_dist = ids[~within], dist[~within]
     order = np.lexsort((rng.random(rest_ids.size), rest_dist))  # by distance, ties at random
@@ -135,10 +145,13 @@ def _search(tok: TextTokenizer, word_ids: list[int], orders: list[tuple[np.ndarr
 
 
 def make_tokenstein(word: str, counts: Counts, *, tokenizer: TextTokenizer | None = None, deviation: float = 0.04,
-                    seed: int = 0, n: int = 1) -> list[Tokenstein]:
+                    seed: int = 0, n: int = 1, exclude: Iterable[str] = (), min_pool: int = 1) -> list[Tokenstein]:
     """``n`` different tokensteins for ``word`` from the corpus ``counts``; the same seed gives the same words.
 
     ``tokenizer`` must be the one the counts were made with (default: rebuilt from the counts).
+    No tokenstein equals a word in ``exclude`` (compared in lower case). ``min_pool``: when fewer
+    candidates than this lie within the deviation at a position, draw from that many nearest ones
+    (flagged), so a small vocabulary still gives varied words rather than the same nearest pieces.
     """
     if not word:
         raise SupercalError("the word is empty; give a non-empty word")
@@ -158,9 +171,9 @@ def make_tokenstein(word: str, counts: Counts, *, tokenizer: TextTokenizer | Non
 
     rng = np.random.default_rng(seed)
     results: list[Tokenstein] = []
-    taken: set[str] = set()
+    taken: set[str] = {w.lower() for w in exclude} | {word.lower()}
     for _ in range(n):
-        orders = [_candidate_order(int(counts.counts[w]), pool, pool_counts, deviation, rng) for w in word_ids]
+        orders = [_candidate_order(int(counts.counts[w]), pool, pool_counts, deviation, rng, min_pool) for w in word_ids]
         chosen = _search(tok, word_ids, orders, taken)
         if chosen is None:
             raise SupercalError(
@@ -168,16 +181,108 @@ def make_tokenstein(word: str, counts: Counts, *, tokenizer: TextTokenizer | Non
                 "try another --seed, a larger --deviation or a smaller --n"
             )
         rows = []
-        for w, t, (cand, n_within) in zip(word_ids, chosen, orders):
+        for w, t in zip(word_ids, chosen):
             rows.append(TokensteinRow(
                 word_id=w, word_piece=tok.piece(w), word_count=int(counts.counts[w]),
                 id=t, piece=tok.piece(t), count=int(counts.counts[t]),
-                flagged=t not in set(cand[:n_within].tolist()),
+                flagged=bool(abs(int(counts.counts[t]) - int(counts.counts[w])) > deviation * int(counts.counts[w])),
             ))
         tokenstein = Tokenstein(word="".join(r.piece for r in rows), rows=rows)
         taken.add(tokenstein.word)
         results.append(tokenstein)
     return results
+
+
+def population(word: str, counts: Counts, *, n: int = 16, seed: int = 0, exclude: Iterable[str] = (),
+               tokenizer: TextTokenizer | None = None, deviation: float = 0.04, min_pool: int = 8) -> list[str]:
+    """A seeded population of ``n`` different tokensteins for ``word``, none of them a word in ``exclude``.
+
+    What eval measures against: made-up words the model has never seen. Give as ``exclude`` the
+    words of the corpus and of the forget data (:func:`words_in`), so no member occurs there. Where
+    fewer than ``min_pool`` tokens lie within the deviation, each position draws from its ``min_pool``
+    nearest (a small vocabulary would otherwise give near-copies of one word).
+    """
+    return [t.word for t in make_tokenstein(word, counts, tokenizer=tokenizer, deviation=deviation, seed=seed, n=n,
+                                            exclude=exclude, min_pool=min_pool)]
+
+
+def population_from_files(word: str, counts_path: str | os.PathLike, *, n: int = 16, seed: int = 0,
+                          corpora: Iterable[str | os.PathLike] = (), data_files: Iterable[str | os.PathLike] = (),
+                          model_dir: str | os.PathLike | None = None) -> tuple[list[str], list[str]]:
+    """:func:`population` from a counts.npz, excluding every word of ``corpora`` and ``data_files`` (forget
+    or retain JSONL). Without ``corpora`` the corpora the counts were made from are used where they still
+    exist. Returns (tokensteins, the files whose words were excluded).
+
+    Counts made in a model folder's tokenizer (``count --model``) are read with ``model_dir``'s tokenizer
+    when that folder has the same name (e.g. the demo's copy of its model), else with the one they name.
+    """
+    from pathlib import Path
+
+    from .counting import load_counts
+    from .tokenizer import from_model
+
+    counts = load_counts(counts_path)
+    files = [str(f) for f in corpora] or [s for s in counts.sources if Path(s).is_file()]
+    files += [str(f) for f in data_files]
+    if model_dir is not None and counts.encoding == f"model:{Path(model_dir).name}":
+        tok = from_model(model_dir)
+    else:
+        tok = counts_tokenizer(counts)
+    return population(word, counts, n=n, seed=seed, exclude=words_in_files(files), tokenizer=tok), files
+
+
+_WORDS = re.compile(r"[a-z]+")
+
+
+def words_in(texts: Iterable[str]) -> set[str]:
+    """Every maximal run of letters a-z in ``texts``, in lower case (the words a tokenstein must not be)."""
+    out: set[str] = set()
+    for text in texts:
+        out.update(_WORDS.findall(text.lower()))
+    return out
+
+
+def words_in_files(paths: Iterable[str | os.PathLike]) -> set[str]:
+    """:func:`words_in` of text files or corpora (any format ``supercal count`` reads), streamed in blocks."""
+    from ..data.corpus import open_corpus
+
+    out: set[str] = set()
+    for path in paths:
+        carry = ""
+        for block in open_corpus(path).iter_text():
+            text = carry + block.lower()
+            cut = len(text.rstrip("abcdefghijklmnopqrstuvwxyz"))  # a word may run on into the next block
+            out.update(_WORDS.findall(text[:cut]))
+            carry = text[cut:]
+        out.update(_WORDS.findall(carry))
+    return out
+
+
+def read_tokenstein_file(path: str | os.PathLike) -> list[str]:
+    """Made-up words from a file: one per line (blank lines and ``#`` comments skipped), or JSON: a list of
+    words, ``{"tokensteins": [...]}`` (a demo's results.json) or ``supercal tokenstein --json`` output."""
+    import json
+    from pathlib import Path
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise SupercalError(f"cannot read the tokenstein file {path}: {e.strerror}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        data = None
+    if isinstance(data, dict):
+        data = data.get("tokensteins")
+    if isinstance(data, list):
+        words = [d["word"] if isinstance(d, dict) and "word" in d else d for d in data]
+    elif data is None and not text.lstrip().startswith(("{", "[")):
+        words = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    else:
+        words = []
+    if not words or not all(isinstance(w, str) and w.strip() and not any(c.isspace() for c in w.strip()) for w in words):
+        raise SupercalError(f"{path} holds no list of made-up words; give one word per line (or a JSON list of words)")
+    return list(dict.fromkeys(w.strip() for w in words))
 
 
 def markdown_table(tokenstein: Tokenstein) -> str:

@@ -1,0 +1,167 @@
+"""Losses that aim at the made-up-word answer: tokenstein-anchored targets and value swapping.
+
+Eldan & Russinovich 2023 ("Who's Harry Potter?", arXiv:2310.02238) fine-tune on the base
+model's own predictions for text whose idiosyncratic terms were replaced by generic anchors.
+Here the anchor is a tokenstein (a made-up word with the word's token statistics), so no
+other model has to invent one, and the targets are soft (whole distributions):
+
+* ``tokenstein``: for each forget example, the base model (every LoRA scale 0, under
+  ``stop_gradient``, as NPO's reference: no second copy of the weights) reads its twins
+  (:mod:`supercal_mlx.train.twins`); at the aligned positions from the word's last token
+  through the completion, the target is the mean of the twins' next-token distributions,
+  and the loss is KL(target || model on the original) averaged over those positions.
+* ``value_swap``: the v_proj outputs (:class:`supercal_mlx.train.values.ValueTap`) of the
+  adapted model at the word's token positions should equal the base model's at the
+  tokenstein's positions in the twin, piece by piece: ``sum ||v - v*||^2 / sum ||v*||^2``
+  per tapped layer, averaged over layers. Mentions whose in-context token counts differ
+  are left out.
+
+The teacher logits are computed only at the gathered positions (hidden states first, then
+the LM head on K positions), so the teacher pass holds (twins x B, K, V) logits, not
+(twins x B, L, V). Array-level pieces (:func:`kl_to_target`, :func:`mean_distribution`,
+:func:`normalized_mse`) are tested against hand values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+def mean_distribution(logp):
+    """log of the mean of the distributions along axis 1: (B, T, K, V) log-probs -> (B, K, V)."""
+    import math
+
+    import mlx.core as mx
+
+    return mx.logsumexp(logp, axis=1) - math.log(logp.shape[1])
+
+
+def kl_to_target(logits, target_logp, mask):
+    """(mean over masked positions of KL(target || softmax(logits)), ntoks): (B, K, V), (B, K, V), (B, K)."""
+    import mlx.core as mx
+
+    from .losses import masked_mean
+
+    logp = logits.astype(mx.float32)
+    logp = logp - mx.logsumexp(logp, axis=-1, keepdims=True)
+    t = target_logp.astype(mx.float32)
+    kl = (mx.exp(t) * (t - logp)).sum(axis=-1)  # (B, K)
+    return masked_mean(kl, mask)
+
+
+def normalized_mse(values, target, mask):
+    """sum over masked positions of ||values - target||^2 / sum of ||target||^2: (B, K, D), (B, K, D), (B, K)."""
+    import mlx.core as mx
+
+    m = mask[..., None].astype(mx.float32)
+    err = ((values.astype(mx.float32) - target.astype(mx.float32)) ** 2 * m).sum()
+    return err / mx.maximum((target.astype(mx.float32) ** 2 * m).sum(), 1e-12)
+
+
+def logits_at(model, inputs, index):
+    """Logits at positions ``index`` (B, K) of each row: hidden states first, the LM head on K positions only
+    (mlx-lm models: ``model.model`` then ``lm_head`` or the tied embedding); else the full logits, gathered."""
+    import mlx.core as mx
+
+    body = getattr(model, "model", None)
+    head = getattr(model, "lm_head", None)
+    if head is None and body is not None and getattr(getattr(body, "embed_tokens", None), "as_linear", None):
+        head = body.embed_tokens.as_linear
+    if body is None or head is None:
+        return mx.take_along_axis(model(inputs), index[..., None], axis=1)
+    h = body(inputs)  # (B, L, D)
+    return head(mx.take_along_axis(h, index[..., None], axis=1))  # (B, K, V)
+
+
+@dataclass
+class AnchoredBatch:
+    """One forget batch with its twins. ``inputs, targets, mask``: :func:`make_batch` of the examples;
+    ``twin_inputs`` (B * T, L2): the twins, T per example; ``src`` (B, K) / ``dst`` (B * T, K): aligned
+    positions in the example and in each twin; ``weight`` (B, K): 1 where a position counts."""
+
+    inputs: object
+    targets: object
+    mask: object
+    twin_inputs: object
+    src: object
+    dst: object
+    weight: object
+    twins: int
+
+
+def anchored_batch(examples: list, twins: list[list], *, kind: str) -> AnchoredBatch:
+    """Build the batch for ``kind`` "tokenstein" (positions from the completion's first mention's last token
+    to the last input position) or "value_swap" (the word's pieces, in mentions of equal token count).
+    ``twins[b]`` are the :class:`Twin` s of example b; a position counts only where every twin aligns it."""
+    import mlx.core as mx
+    import numpy as np
+
+    from .batches import make_batch
+
+    inputs, targets, mask = make_batch(examples)
+    T = len(twins[0])
+    rows: list[list[int]] = []
+    for b, ((ids, n_prompt), tws) in enumerate(zip(examples, twins)):
+        last = len(ids) - 2  # the last input position (its target is the last token)
+        if kind == "tokenstein":
+            ends = [e for s, e, _, _ in tws[0].spans if e - 1 >= n_prompt]
+            first = ends[0] - 1 if ends else n_prompt
+            keep = [p for p in sorted(tws[0].pos) if first <= p <= last and all(p in t.pos for t in tws)]
+        else:
+            keep = [p for p in sorted(tws[0].pieces) if p <= last and all(p in t.pieces for t in tws)]
+        rows.append(keep)
+    K = max(1, max(len(r) for r in rows))
+    L2 = max(len(t.ids) for tws in twins for t in tws)
+    twin_ids = np.zeros((len(examples) * T, L2), dtype=np.int32)
+    src = np.zeros((len(examples), K), dtype=np.int32)
+    dst = np.zeros((len(examples) * T, K), dtype=np.int32)
+    weight = np.zeros((len(examples), K), dtype=np.float32)
+    for b, (keep, tws) in enumerate(zip(rows, twins)):
+        src[b, : len(keep)] = keep
+        weight[b, : len(keep)] = 1.0
+        for j, t in enumerate(tws):
+            twin_ids[b * T + j, : len(t.ids)] = t.ids
+            table = t.pos if kind == "tokenstein" else t.pieces
+            dst[b * T + j, : len(keep)] = [table[p] for p in keep]
+    return AnchoredBatch(inputs, targets, mask, mx.array(twin_ids), mx.array(src), mx.array(dst), mx.array(weight), T)
+
+
+def tokenstein_loss(model, batch: AnchoredBatch):
+    """(KL(twins' base distributions || model) over the aligned positions, positions counted, completion NLL)."""
+    import mlx.core as mx
+
+    from . import losses as L
+    from .lora import adapters_disabled
+
+    logits = model(batch.inputs)  # (B, L, V)
+    nll, _ = L.masked_mean(-L.token_logprobs(logits, batch.targets), batch.mask)
+    student = mx.take_along_axis(logits, batch.src[..., None], axis=1)  # (B, K, V)
+    with adapters_disabled(model):
+        t = logits_at(model, batch.twin_inputs, batch.dst).astype(mx.float32)  # (B * T, K, V)
+    t = t - mx.logsumexp(t, axis=-1, keepdims=True)
+    B, K = batch.src.shape
+    target = mx.stop_gradient(mean_distribution(t.reshape(B, batch.twins, K, -1)))  # (B, K, V)
+    kl, ntoks = kl_to_target(student, target, batch.weight)
+    return kl, ntoks, nll
+
+
+def value_swap_loss(model, tap, batch: AnchoredBatch):
+    """(normalized MSE of the tapped v_proj outputs at the word's pieces against the base model's at the
+    tokenstein's, averaged over tapped layers; pieces counted; completion NLL)."""
+    import mlx.core as mx
+
+    from . import losses as L
+    from .lora import adapters_disabled
+
+    logits, mine = tap.capture(model, batch.inputs)
+    nll, _ = L.masked_mean(-L.token_logprobs(logits, batch.targets), batch.mask)
+    with adapters_disabled(model):
+        _, base = tap.capture(model, batch.twin_inputs)
+    B, K = batch.src.shape
+    terms = []
+    for layer, v in mine.items():
+        want = mx.take_along_axis(base[layer], batch.dst[..., None], axis=1)  # (B * T, K, D)
+        want = mx.stop_gradient(want.reshape(B, batch.twins, K, -1).mean(axis=1))  # (B, K, D)
+        got = mx.take_along_axis(v, batch.src[..., None], axis=1)  # (B, K, D)
+        terms.append(normalized_mse(got, want, batch.weight))
+    return mx.stack(terms).mean(), batch.weight.sum(), nll

@@ -19,7 +19,8 @@ from typing import Any
 
 from ..errors import SupercalError
 
-LOSSES = ("ga", "ga_kl", "graddiff", "npo", "npo_kl", "npo_graddiff")
+LOSSES = ("ga", "ga_kl", "graddiff", "npo", "npo_kl", "npo_graddiff", "tokenstein", "value_swap")
+RETAIN_TERMS = ("kl", "nll")
 SCHEDULES = ("constant", "linear", "cosine")
 PROJECT_MODES = ("off", "global", "per-layer")
 RANDOM_SOURCES = ("shuffle", "retain")
@@ -58,12 +59,31 @@ class UnlearnConfig:
     out: str | None = _f(None, "Run folder to create.", path="any")
     max_tokens: int = _f(1024, "Longest example in tokens (prompt end + completion start are kept).")
     # loss
-    loss: str = _f("ga", "Objective: ga, ga_kl, graddiff, npo (npo_kl, npo_graddiff add a retain term to NPO).", choices=LOSSES)
-    retain_weight: float = _f(1.0, "Weight of the retain term (KL for *_kl, NLL for graddiff).")
+    loss: str = _f("ga", "Objective: ga, ga_kl, graddiff, npo (npo_kl, npo_graddiff add a retain term to NPO); "
+                   "tokenstein (match the base model on tokenstein twins), value_swap (v_proj values of a tokenstein).",
+                   choices=LOSSES)
+    retain_weight: float = _f(1.0, "Weight of the retain term (KL for *_kl, NLL for graddiff, --retain-term for "
+                                   "tokenstein and value_swap; 0: none).")
+    retain_term: str = _f("kl", "Retain term of tokenstein and value_swap: KL to the base model, or NLL.",
+                          choices=RETAIN_TERMS)
     npo_beta: float = _f(0.1, "NPO inverse temperature beta.")
     random_weight: float = _f(0.0, "Weight of Yao et al.'s random-completion NLL term (0: off).")
     random_source: str = _f("shuffle", "Random completions: another forget record's (shuffle) or retain text (retain).",
                             choices=RANDOM_SOURCES)
+    # tokenstein and value_swap: the word and the made-up words its twins use
+    word: str | None = _f(None, "The word to forget (default: the word every forget completion starts with).",
+                          type="str")
+    tokensteins: int = _f(8, "Made-up words in the training population (made from --counts, seeded by --tokenstein-seed).")
+    tokenstein_file: str | None = _f(None, "Training tokensteins from a file, one per line (instead of --counts).",
+                                     path="file")
+    counts: str | None = _f(None, "counts.npz (supercal count, in the model's tokenizer) to make the tokensteins from.",
+                            path="file")
+    tokenstein_seed: int = _f(1, "Seed of the training population (eval's uses another; the run's words are excluded there).")
+    tokenstein_words: list = _f([], "The training population itself (written to config.yaml; given, it is used as is).",
+                                type="list")
+    twins: int = _f(2, "Twins per forget example; their base-model targets are averaged (rotating through the population).")
+    swap_layers: Any = _f("all", "value_swap: blocks whose v_proj values are matched: all, last:N, or 0,3,5.",
+                          type="layers")
     # LoRA
     lora_rank: int = _f(16, "LoRA rank.")
     lora_alpha: float = _f(32.0, "LoRA alpha; scale = alpha / rank.")
@@ -123,7 +143,7 @@ def _as_list(name: str, value) -> list:
     raise SupercalError(f"{name}: expected a list or a comma-separated string, got {value!r}")
 
 
-def _layers(value) -> str | list[int]:
+def _layers(value, name: str = "lora_layers") -> str | list[int]:
     """'all' | 'last:N' | sorted list of block indices."""
     if isinstance(value, int) and not isinstance(value, bool):
         return [value]
@@ -133,7 +153,7 @@ def _layers(value) -> str | list[int]:
             return "all"
         if v.startswith("last:") and v[5:].strip().isdigit() and int(v[5:]) > 0:
             return f"last:{int(v[5:])}"
-        value = _as_list("lora_layers", v)
+        value = _as_list(name, v)
     if isinstance(value, (list, tuple)) and value:
         try:
             idx = sorted({int(i) for i in value})
@@ -141,7 +161,7 @@ def _layers(value) -> str | list[int]:
             idx = None
         if idx is not None:
             return idx
-    raise SupercalError(f"lora_layers: expected all, last:N or a list of block indices like 0,3,5, got {value!r}")
+    raise SupercalError(f"{name}: expected all, last:N or a list of block indices like 0,3,5, got {value!r}")
 
 
 def _coerce(name: str, value):
@@ -162,7 +182,7 @@ def _coerce(name: str, value):
         except ValueError:
             raise SupercalError(f"{name}: expected numbers like 0.01,0.5, got {value!r}") from None
     if kind == "layers":
-        return _layers(value)
+        return _layers(value, name)
     try:
         if kind == "bool":
             if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
@@ -244,7 +264,7 @@ def _check(cfg: UnlearnConfig) -> None:
         if not getattr(cfg, name):
             raise SupercalError(f"missing setting {name}: give --{name} or put {name}: in the config file")
     positive = ("max_tokens", "lora_rank", "steps", "batch_size", "project_k", "project_every", "checkpoint_every",
-                "probe_samples", "probe_max_tokens")
+                "probe_samples", "probe_max_tokens", "tokensteins", "twins")
     for name in positive:
         if getattr(cfg, name) < 1:
             raise SupercalError(f"{name} must be at least 1 (got {getattr(cfg, name)})")
@@ -259,6 +279,14 @@ def _check(cfg: UnlearnConfig) -> None:
         raise SupercalError(f"lora_dropout must be in [0, 1) (got {cfg.lora_dropout})")
     if not cfg.lora_keys:
         raise SupercalError("lora_keys is empty; name the linear layers to adapt, e.g. attn.q_proj,attn.v_proj")
+    if cfg.loss in ("tokenstein", "value_swap"):
+        if not (cfg.tokenstein_words or cfg.tokenstein_file or cfg.counts):
+            raise SupercalError(f"loss {cfg.loss} needs made-up words: give --counts counts.npz (with --tokensteins N) "
+                                "or --tokenstein-file FILE")
+        if cfg.random_weight > 0:
+            raise SupercalError(f"loss {cfg.loss} has no random-completion term; leave random_weight at 0")
+        if cfg.loss == "value_swap" and not any(k.split(".")[-1] in ("v_proj", "auto") for k in cfg.lora_keys):
+            raise SupercalError("loss value_swap trains v_proj: put it in --lora-keys (e.g. attn.v_proj)")
     if not cfg.retain:
         needs = [f"loss {cfg.loss}"] if cfg.loss.endswith(("_kl", "graddiff")) else []
         needs += [f"project {cfg.project}"] if cfg.project != "off" else []

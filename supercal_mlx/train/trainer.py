@@ -114,7 +114,8 @@ def _write_config(run_dir: Path, cfg: UnlearnConfig) -> None:
 
     from ..io import atomic_file
 
-    paths = {k: os.path.abspath(getattr(cfg, k)) for k in ("model", "forget", "retain", "out") if getattr(cfg, k)}
+    paths = {k: os.path.abspath(getattr(cfg, k)) for k in ("model", "forget", "retain", "out", "counts", "tokenstein_file")
+             if getattr(cfg, k)}
     with atomic_file(run_dir / "config.yaml", "w", force=True, encoding="utf-8") as f:
         f.write(dump_config(dataclasses.replace(cfg, **paths)))
 
@@ -125,12 +126,17 @@ def unlearn(cfg: UnlearnConfig, *, on_record: Callable[[Record], None] | None = 
     ``stopped`` is None when all ``cfg.steps`` ran, else the reason (a guard, or "interrupted").
     """
     from .lora import save_adapters
-    from .unlearner import Unlearner
+    from .unlearner import ANCHORED, Unlearner
 
     emit = on_record or (lambda rec: None)
     model, tokenizer, forget, retain, adapter_config = _setup(cfg)
     cfg = resolved(cfg, adapter_config)
-    un = Unlearner(cfg, model, tokenizer, forget, retain, adapter_config)
+    twins = None
+    if cfg.loss in ANCHORED:  # the made-up words are fixed here and recorded in config.yaml (eval leaves them out)
+        from .twins import twin_pool
+
+        twins, cfg = twin_pool(cfg, tokenizer, forget)
+    un = Unlearner(cfg, model, tokenizer, forget, retain, adapter_config, twins=twins)
     baseline_probes: list[Record] = []
     if cfg.resume:
         run_dir = Path(cfg.resume)

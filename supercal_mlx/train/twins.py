@@ -204,3 +204,42 @@ def read_population(path: str) -> list[str]:
     if not words or any(not re.fullmatch(r"\w+", w) for w in words):
         raise SupercalError(f"{path}: expected one made-up word (letters only) per line")
     return words
+
+
+def _same_count_in_context(tokenizer: Any, word: str, other: str) -> bool:
+    return len(tokenizer.encode(". " + word)) == len(tokenizer.encode(". " + other))
+
+
+def training_population(cfg, word: str, tokenizer: Any) -> list[str]:
+    """The run's made-up words: ``cfg.tokenstein_words`` as given, else from ``--tokenstein-file``, else
+    ``cfg.tokensteins`` made from ``--counts`` with ``--tokenstein-seed``. For value_swap, only words with as many
+    tokens as the word after a space (so values pair piece by piece in running text)."""
+    if cfg.tokenstein_words:
+        return list(cfg.tokenstein_words)
+    if cfg.tokenstein_file:
+        words = read_population(cfg.tokenstein_file)
+    else:
+        from ..text.counting import load_counts
+        from ..text.tokenstein import make_tokenstein
+
+        n = cfg.tokensteins * (4 if cfg.loss == "value_swap" else 1)
+        words = [t.word for t in make_tokenstein(word, load_counts(cfg.counts), seed=cfg.tokenstein_seed, n=n)]
+    if cfg.loss == "value_swap":
+        words = [w for w in words if _same_count_in_context(tokenizer, word, w)]
+        if not words:
+            raise SupercalError(f"no tokenstein has as many tokens as {word!r} after a space; value_swap pairs values "
+                                "piece by piece: give other words with --tokenstein-file")
+    return words[: cfg.tokensteins] if not cfg.tokenstein_file else words
+
+
+def twin_pool(cfg, tokenizer: Any, examples: list):
+    """(the :class:`TwinPool` of the run, ``cfg`` with ``word`` and ``tokenstein_words`` filled in, for config.yaml)."""
+    import dataclasses
+
+    from ..io import read_jsonl
+
+    records = read_jsonl(cfg.forget, required=("prompt", "completion"))
+    word = cfg.word or infer_word(records)
+    words = training_population(cfg, word, tokenizer)
+    pool = TwinPool(records, tokenizer, word, words, max_tokens=cfg.max_tokens, examples=examples)
+    return pool, dataclasses.replace(cfg, word=word, tokenstein_words=words)

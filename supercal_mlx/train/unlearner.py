@@ -38,6 +38,7 @@ from .config import UnlearnConfig
 from ..errors import SupercalError
 
 STREAMS = {"forget": 0, "retain": 1, "basis": 2, "random": 3}
+ANCHORED = ("tokenstein", "value_swap")  # losses whose forget batches carry twins (train/anchored.py)
 
 
 def make_schedule(cfg: UnlearnConfig):
@@ -68,7 +69,8 @@ def _step_seed(seed: int, step: int) -> int:
 class Unlearner:
     """Holds the model, data streams, optimizer and retain basis; :meth:`step` does one update."""
 
-    def __init__(self, cfg: UnlearnConfig, model, tokenizer, forget: list, retain: list | None, adapter_config: dict):
+    def __init__(self, cfg: UnlearnConfig, model, tokenizer, forget: list, retain: list | None, adapter_config: dict,
+                 *, twins=None):
         import mlx.nn as nn
         import mlx.optimizers as optim
 
@@ -87,6 +89,13 @@ class Unlearner:
                 raise SupercalError("random_source shuffle needs at least 2 forget records; use random_source retain")
             self.streams["random"] = BatchStream(pool, b, seed=cfg.seed, stream=STREAMS["random"])
         self.retain_term = "kl" if cfg.loss.endswith("_kl") else "nll" if cfg.loss.endswith("graddiff") else None
+        self.twins, self.tap = twins, None  # tokenstein / value_swap: a twins.TwinPool, and the v_proj tap
+        if cfg.loss in ANCHORED:
+            self.retain_term = cfg.retain_term if cfg.retain_weight > 0 else None
+            if cfg.loss == "value_swap":
+                from .values import ValueTap
+
+                self.tap = ValueTap(model, cfg.swap_layers)
         self.schedule = make_schedule(cfg)
         self.optimizer = optim.AdamW(learning_rate=self.schedule, weight_decay=cfg.weight_decay)
         self.optimizer.init(model.trainable_parameters())
@@ -99,8 +108,13 @@ class Unlearner:
 
     # --- objectives (value_and_grad differentiates the first output) -------------------------------
     def _forget_objective(self, fb, rnd):
+        from . import anchored
         from . import losses as L
 
+        if isinstance(fb, anchored.AnchoredBatch):
+            if self.tap is not None:
+                return anchored.value_swap_loss(self.model, self.tap, fb)
+            return anchored.tokenstein_loss(self.model, fb)
         inputs, targets, mask = fb
         logp = L.token_logprobs(self.model(inputs), targets)  # (B, T): one forward pass for every term
         nll, ntoks = L.nll(logp, mask)
@@ -139,8 +153,17 @@ class Unlearner:
         """(forget batch, random-completion batch or None) for the next step."""
         from .batches import make_batch, truncate
 
-        idx = self.streams["forget"].next_indices()
+        stream = self.streams["forget"]
+        draw = stream.epoch * stream.n + stream.pos  # examples drawn before this batch: the rotation's position
+        idx = stream.next_indices()
         examples = [self.forget[i] for i in idx]
+        if self.twins is not None:
+            from .anchored import anchored_batch
+            from .twins import rotation
+
+            n = len(self.twins.population)
+            twins = [[self.twins.twin(i, k) for k in rotation(draw + b, self.cfg.twins, n)] for b, i in enumerate(idx)]
+            return anchored_batch(examples, twins, kind=self.cfg.loss), None
         rnd = None
         if "random" in self.streams:
             from ..text.tokenizer import model_encoder

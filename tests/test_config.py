@@ -14,9 +14,10 @@ from supercal_mlx.train import config as C
 def test_every_field_declares_its_type():
     assert {name: f.metadata["type"] for name, f in C.FIELDS.items() if f.metadata["type"] not in ("int", "float",
             "str", "bool")} == {"lora_keys": "list", "lora_layers": "layers", "probe_prompts": "list",
-                                "probe_temps": "floats"}
+                                "probe_temps": "floats", "tokenstein_words": "list", "swap_layers": "layers"}
     assert {name: f.metadata["path"] for name, f in C.FIELDS.items() if "path" in f.metadata} == {
-        "model": "dir", "forget": "file", "retain": "file", "out": "any", "resume": "dir", "config": "file"}
+        "model": "dir", "forget": "file", "retain": "file", "out": "any", "resume": "dir", "config": "file",
+        "tokenstein_file": "file", "counts": "file"}
     assert C.FIELDS["collapse_retain_nll"].metadata["type"] == "float"  # default None: declared, not guessed
     with pytest.raises(TypeError, match="give type="):
         C._f(None, "a setting whose type cannot be told from its default")

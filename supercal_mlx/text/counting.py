@@ -1,4 +1,4 @@
-"""Exact, streaming, parallel token counting of a corpus -> counts.npz.
+r"""Exact, streaming, parallel token counting of a corpus -> counts.npz.
 
 The counts equal ``Counter(enc.encode_ordinary(text))`` for each source's whole
 text, but memory stays bounded: the text is read in blocks and cut into chunks
@@ -18,11 +18,35 @@ byte-pair encoded on its own, so the tokens are the same. tests/test_counting.py
 checks this against one-shot encoding at every safe cut of tricky text.
 
 A model folder's own tokenizer (``model=DIR``) is counted the same way when it
-is a GPT-2-style byte-level BPE: Hugging Face ``ByteLevel`` pre-tokenizer with
-the gpt2 pattern (``use_regex``), no prefix space, no normalizer, and no added
-tokens other than special ones. Then the pre-tokenizer is the gpt2 pattern
-above, and special-token text is encoded as plain text as with tiktoken. Any
-other tokenizer is refused (one line saying why) rather than counted inexactly.
+is a byte-level BPE whose pre-tokenizer is one of the patterns above: either
+Hugging Face's ``ByteLevel`` with the gpt2 pattern (``use_regex``; GPT-2, GPT-J,
+GPT-NeoX), or a ``Split`` (isolated) with a pattern of :data:`SPLIT_PATTERNS`
+followed by ``ByteLevel(use_regex=false)`` (Llama 3, Qwen2/2.5/3, Mistral
+Tekken). The Llama-3 and Qwen2 patterns are alternatives of the same shape as
+tiktoken's cl100k_base (Llama 3's is cl100k_base's without possessive
+quantifiers; Qwen2's takes digits one at a time), with no lookbehind and no
+``$``, so the argument above holds for them word for word: a match that has
+consumed a letter or digit continues only with letters or digits (``\p{L}+``,
+``\p{N}{1,3}``, ``\p{N}``) or ends, and the only lookahead, ``\s+(?!\S)``,
+cannot match text that ends with a letter or digit. ``ByteLevel(use_regex=false)``
+only maps bytes to symbols, and BPE runs on each piece, so the tokens are the
+pieces' tokens. No prefix space, no added tokens other than special ones, and
+no normalizer other than NFC. With NFC (Qwen2) the text is normalized by the
+tokenizer's own normalizer first, block by block, each block cut right before
+an ASCII character: no ASCII character is the second half of a canonical
+composition and every one has combining class 0, so nothing composes or
+reorders across such a cut and NFC(a + b) == NFC(a) + NFC(b); the safe cuts are
+then taken in the normalized text (NFC(NFC(x)) == NFC(x), so the tokenizer's
+own NFC changes nothing more). tests/test_count_model.py checks every cut point
+of both patterns in the real tokenizers and the NFC property for every code point.
+
+SentencePiece-style tokenizers (Llama 2, Mistral v1, Phi-3, Gemma: ``▁`` for
+spaces by a ``Metaspace`` pre-tokenizer that does not split, or by
+``Prepend``/``Replace`` normalizers and no pre-tokenizer at all) are refused:
+the BPE merges run over the whole text, so whether a cut is safe depends on
+which merges the vocabulary holds, not on a pattern, and such merges across
+``▁`` and punctuation exist in real vocabularies. Counting them exactly would
+mean encoding each source whole in memory. Every refusal is one line saying why.
 
 Encoding runs on threads: tiktoken's Rust core releases the GIL (tiktoken's
 own ``encode_ordinary_batch`` relies on that), so threads use all cores with
@@ -34,6 +58,7 @@ may hold the GIL, so expect about one core's speed there (about 1.3 MB/s with a
 
 from __future__ import annotations
 
+import json
 import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -103,35 +128,96 @@ def iter_chunks(blocks: Iterable[str]) -> Iterator[str]:
         yield carry
 
 
+# Split patterns (Hugging Face spelling) for which the safe cut is proven above and tested at every cut point.
+SPLIT_PATTERNS = {
+    "llama3": (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+               r"|\s*[\r\n]+|\s+(?!\S)|\s+"),
+    "qwen2": (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+              r"|\s*[\r\n]+|\s+(?!\S)|\s+"),
+    "gpt2": r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+",
+}
+_SENTENCEPIECE = ("a SentencePiece-style tokenizer (▁ for spaces, no pre-tokenizer that splits the text): its merges "
+                  "can cross any point of the text, so no cut is provably safe")
+
+
+def _why_not_exact(data: dict) -> str | None:
+    """Why a tokenizer.json (as a dict) cannot be counted exactly block by block, or None when it can."""
+    model, pre, norm = data.get("model") or {}, data.get("pre_tokenizer"), data.get("normalizer")
+    text = json.dumps({"pre": pre, "norm": norm}, ensure_ascii=False)
+    if (pre or {}).get("type") == "Metaspace" or "▁" in text:
+        return f"it is {_SENTENCEPIECE}"
+    if model.get("type") != "BPE":
+        return f"its model is {model.get('type')}, not BPE"
+    if norm is not None and norm.get("type") != "NFC":
+        return f"it has a normalizer ({norm.get('type')}) other than NFC"
+    if pre is None:
+        return "it has no pre-tokenizer"
+    if pre.get("type") == "ByteLevel":
+        if not pre.get("use_regex", True):
+            return "its ByteLevel pre-tokenizer splits nothing (use_regex false) and nothing splits before it"
+    elif pre.get("type") == "Sequence" and [p.get("type") for p in pre.get("pretokenizers", [])] == ["Split", "ByteLevel"]:
+        split, pre = pre["pretokenizers"]
+        pattern = (split.get("pattern") or {}).get("Regex")
+        if pattern not in SPLIT_PATTERNS.values():
+            return (f"its Split pattern {pattern!r:.60} is not one whose cuts are proven "
+                    f"({', '.join(SPLIT_PATTERNS)})")
+        if split.get("behavior") != "Isolated" or split.get("invert"):
+            return "its Split pre-tokenizer does not isolate the matches"
+        if pre.get("use_regex"):
+            return "its ByteLevel after the Split splits again (use_regex true)"
+    else:
+        kinds = [p.get("type") for p in pre.get("pretokenizers", [])] if pre.get("type") == "Sequence" else []
+        return f"its pre-tokenizer is {pre.get('type')}{kinds or ''}, not ByteLevel or Split + ByteLevel"
+    if pre.get("add_prefix_space"):
+        return "its ByteLevel pre-tokenizer adds a prefix space"
+    if any(not t.get("special") for t in data.get("added_tokens", [])):
+        return "it has added tokens that are not special tokens"
+    return None
+
+
 def _model_encoder(model_dir: str | os.PathLike):
-    """(TextTokenizer, backend) for a byte-level BPE model folder; the backend encodes special-token text as text."""
+    """(TextTokenizer, backend, normalize or None) for a model folder whose tokenizer counts exactly; the
+    backend encodes special-token text as text; ``normalize`` is its NFC normalizer, if it has one."""
     from tokenizers import Tokenizer
 
     from .tokenizer import from_model
 
     tok = from_model(model_dir)
     backend = getattr(tok.raw, "backend_tokenizer", None)
-    why = None
-    if backend is None:
-        why = "it has no fast (tokenizer.json) tokenizer"
-    elif type(backend.model).__name__ != "BPE":
-        why = f"its model is {type(backend.model).__name__}, not BPE"
-    elif type(backend.pre_tokenizer).__name__ != "ByteLevel" or not backend.pre_tokenizer.use_regex:
-        why = f"its pre-tokenizer is {type(backend.pre_tokenizer).__name__}, not ByteLevel with the gpt2 pattern"
-    elif backend.pre_tokenizer.add_prefix_space:
-        why = "its ByteLevel pre-tokenizer adds a prefix space"
-    elif backend.normalizer is not None:
-        why = f"it has a normalizer ({type(backend.normalizer).__name__})"
-    elif any(not t.special for t in backend.get_added_tokens_decoder().values()):
-        why = "it has added tokens that are not special tokens"
+    why = "it has no fast (tokenizer.json) tokenizer" if backend is None else _why_not_exact(json.loads(backend.to_str()))
     if why:
-        raise SupercalError(f"cannot count exactly in the tokenizer of {model_dir}: {why}; "
-                            "only GPT-2-style byte-level BPE is supported, use --encoding instead")
+        raise SupercalError(f"cannot count exactly in the tokenizer of {model_dir}: {why}; only byte-level BPE "
+                            "with the GPT-2, Llama-3 or Qwen2 pre-tokenizer is supported, use --encoding instead")
     backend = Tokenizer.from_str(backend.to_str())  # a private copy: the settings below stay local
     backend.encode_special_tokens = True  # "<|endoftext|>" in a corpus is text, as with tiktoken's encode_ordinary
     backend.no_truncation()
     backend.no_padding()
-    return tok, backend
+    normalize = backend.normalizer.normalize_str if backend.normalizer is not None else None
+    return tok, backend, normalize
+
+
+_LAST_ASCII = None
+
+
+def normalized_blocks(blocks: Iterable[str], normalize: Callable[[str], str]) -> Iterator[str]:
+    """``normalize`` (NFC) applied to a stream block by block: each block is cut right before its last ASCII
+    character (see the module docstring) and the rest carried, so the pieces join to NFC of the whole text."""
+    global _LAST_ASCII
+    if _LAST_ASCII is None:
+        import regex
+
+        _LAST_ASCII = regex.compile(r"(?r)[\x00-\x7f]")
+    carry = ""
+    for block in blocks:
+        text = carry + block if carry else block
+        m = _LAST_ASCII.search(text)
+        if m is None or m.start() == 0:
+            carry = text
+            continue
+        yield normalize(text[:m.start()])
+        carry = text[m.start():]
+    if carry:
+        yield normalize(carry)
 
 
 def count_tokens(
@@ -146,7 +232,7 @@ def count_tokens(
     """Count the tokens of every source (plain, gz, bz2, xz or zip); sources are counted separately.
 
     In the tiktoken ``encoding`` (default o200k_base) or in the tokenizer of the
-    ``model`` folder (GPT-2-style byte-level BPE only); not both.
+    ``model`` folder (byte-level BPE with a proven pre-tokenizer only); not both.
 
     ``progress(done, total)`` is called with file bytes read so far and the
     total size of all files on disk (compressed bytes for compressed files).
@@ -160,8 +246,9 @@ def count_tokens(
     if workers is not None and workers < 1:
         raise SupercalError(f"--workers must be at least 1, got {workers}")
     corpora = [open_corpus(p) for p in paths]  # every path checked before any work
+    normalize = None
     if model is not None:
-        tok, backend = _model_encoder(model)
+        tok, backend, normalize = _model_encoder(model)
         name, n_vocab, model_path = tok.name, tok.n_vocab, str(Path(model).resolve())
 
         def encode(chunk: str) -> np.ndarray:
@@ -188,7 +275,8 @@ def count_tokens(
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="count") as pool:
         try:
             for corpus in corpora:
-                for chunk in iter_chunks(corpus.iter_text(block)):
+                text = corpus.iter_text(block)
+                for chunk in iter_chunks(normalized_blocks(text, normalize) if normalize else text):
                     pending.append(pool.submit(encode_chunk, chunk))
                     while len(pending) > 2 * workers:
                         counts += pending.popleft().result()

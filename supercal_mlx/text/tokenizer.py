@@ -117,7 +117,10 @@ class TextTokenizer:
     """A tokenizer seen the same way whatever it wraps.
 
     ``encode`` never treats special-token text specially (plain corpus text),
-    ``piece`` gives the text of one token (undecodable bytes shown as U+FFFD).
+    ``piece`` gives one token as its tokenizer shows it: byte-level BPE (tiktoken,
+    GPT-2, Llama 3, Qwen2) as the text it stands for, ``Ġ`` as the space it is
+    (undecodable bytes as U+FFFD); SentencePiece-style tokenizers as the token
+    itself, ``▁`` marking a space (``marker``), byte-fallback tokens as ``<0x0A>``.
     """
 
     name: str
@@ -127,6 +130,7 @@ class TextTokenizer:
     n_vocab: int
     raw: Any = None
     prefix: tuple[int, ...] = ()  # what the model sees before every text (BOS), see model_encoder
+    marker: str = ""  # the space marker pieces show ("▁" for SentencePiece-style tokenizers)
 
     def pieces(self, text: str) -> list[tuple[int, str]]:
         return [(i, self.piece(i)) for i in self.encode(text)]
@@ -199,14 +203,28 @@ def load_hf_tokenizer(model_dir: str | os.PathLike):
         raise SupercalError(f"cannot load the tokenizer in {path}: {str(e).splitlines()[0]}") from None
 
 
+def space_marker(hf_tokenizer) -> str:
+    """"▁" when the tokenizer writes spaces as SentencePiece's marker (a Metaspace pre-tokenizer, or
+    Prepend/Replace normalizers), else ""."""
+    import json
+
+    backend = getattr(hf_tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return "▁" if "▁" in "".join(hf_tokenizer.convert_ids_to_tokens(hf_tokenizer.encode(" a b"))) else ""
+    data = json.loads(backend.to_str())
+    return "▁" if "▁" in json.dumps([data.get("normalizer"), data.get("pre_tokenizer")], ensure_ascii=False) else ""
+
+
 def from_model(model_dir: str | os.PathLike) -> TextTokenizer:
     tok = load_hf_tokenizer(model_dir)
+    marker = space_marker(tok)
     return TextTokenizer(
         name=f"model:{Path(model_dir).name}",
         # split_special_tokens: "<|endoftext|>" in corpus text is text, as with tiktoken's encode_ordinary
         encode=lambda text: tok.encode(text, add_special_tokens=False, split_special_tokens=True),
         decode=lambda ids: tok.decode(ids),
-        piece=lambda i: tok.decode([i]),
+        piece=(lambda i: tok.convert_ids_to_tokens(i)) if marker else (lambda i: tok.decode([i])),
+        marker=marker,
         n_vocab=len(tok),
         raw=tok,
         prefix=special_prefix(tok),

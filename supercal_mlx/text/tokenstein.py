@@ -1,7 +1,9 @@
 """Tokensteins: made-up words whose tokens are as common in the corpus as a word's own tokens.
 
 For each token of the word, the candidates are the tokens that decode to
-lowercase letters a-z only, are not one of the word's own tokens, and whose
+lowercase letters a-z only (after the ``▁`` marker of a SentencePiece-style
+tokenizer, where a piece that starts a word is replaced by one that does too),
+are not one of the word's own tokens, and whose
 corpus count lies within ``deviation`` (relative) of the word token's count.
 One candidate is drawn at random per position, no piece twice. Unlike the
 original script, a position is never dropped: when no candidate is within the
@@ -64,8 +66,20 @@ class Tokenstein:
 _LOWER = re.compile("[a-z]+")
 
 
+def _letters(tok: TextTokenizer, piece: str) -> bool:
+    """Whether a piece is lowercase a-z, after a SentencePiece space marker ("▁abc") if the tokenizer has one."""
+    return _LOWER.fullmatch(piece.removeprefix(tok.marker) if tok.marker else piece) is not None
+
+
+def _text(tok: TextTokenizer, ids: list[int]) -> str:
+    """The text of pieces that start a text: SentencePiece-style markers are spaces, and the one the
+    tokenizer puts in front of every text ("▁abc" at the start is "abc") is dropped."""
+    joined = "".join(tok.piece(t) for t in ids)
+    return joined.replace(tok.marker, " ").removeprefix(" ") if tok.marker else joined
+
+
 def _letter_tokens(tok: TextTokenizer) -> np.ndarray:
-    """Ids of the tokens that decode to lowercase ASCII letters only, ascending."""
+    """Ids of the tokens that are lowercase ASCII letters only (after a space marker), ascending."""
     if tok.name.startswith("model:"):  # model tokenizers are small and not cached (the folder may change)
         return _scan_letters(tok)
     return _letter_tokens_of_encoding(tok.name)
@@ -85,7 +99,7 @@ def _scan_letters(tok: TextTokenizer) -> np.ndarray:
             piece = tok.piece(i)
         except KeyError:  # gaps in the id range (o200k_base has some)
             continue
-        if _LOWER.fullmatch(piece):
+        if _letters(tok, piece):
             ids.append(i)
     return np.array(ids, dtype=np.int64)
 
@@ -118,7 +132,6 @@ def _search(tok: TextTokenizer, word_ids: list[int], orders: list[tuple[np.ndarr
     i = 0
     while 0 <= i < len(word_ids):
         cand, _ = orders[i]
-        prefix = "".join(tok.piece(t) for t in chosen)  # pieces are a-z only: their text is the word's
         placed = False
         while cursor[i] < cand.size:
             t = int(cand[cursor[i]])
@@ -129,7 +142,7 @@ def _search(tok: TextTokenizer, word_ids: list[int], orders: list[tuple[np.ndarr
             if trials > MAX_TRIALS:
                 return None
             ids = chosen + [t]
-            text = prefix + tok.piece(t)
+            text = _text(tok, ids)
             if tok.encode(text) == ids and (i + 1 < len(word_ids) or text not in taken):
                 chosen.append(t)
                 placed = True
@@ -167,13 +180,17 @@ def make_tokenstein(word: str, counts: Counts, *, tokenizer: TextTokenizer | Non
     word_ids = tok.encode(word)
     letters = _letter_tokens(tok)
     pool = letters[~np.isin(letters, word_ids)]  # never reuse one of the word's own pieces
-    pool_counts = counts.counts[pool]
+    marked = np.array([tok.piece(int(i)).startswith(tok.marker) for i in pool], dtype=bool) if tok.marker else None
 
     rng = np.random.default_rng(seed)
     results: list[Tokenstein] = []
     taken: set[str] = {w.lower() for w in exclude} | {word.lower()}
     for _ in range(n):
-        orders = [_candidate_order(int(counts.counts[w]), pool, pool_counts, deviation, rng, min_pool) for w in word_ids]
+        orders = []
+        for w in word_ids:
+            # SentencePiece-style: a piece that starts a word ("▁super") is replaced by one that does too
+            same = pool if marked is None else pool[marked == tok.piece(w).startswith(tok.marker)]
+            orders.append(_candidate_order(int(counts.counts[w]), same, counts.counts[same], deviation, rng, min_pool))
         chosen = _search(tok, word_ids, orders, taken)
         if chosen is None:
             raise SupercalError(
@@ -187,7 +204,7 @@ def make_tokenstein(word: str, counts: Counts, *, tokenizer: TextTokenizer | Non
                 id=t, piece=tok.piece(t), count=int(counts.counts[t]),
                 flagged=bool(abs(int(counts.counts[t]) - int(counts.counts[w])) > deviation * int(counts.counts[w])),
             ))
-        tokenstein = Tokenstein(word="".join(r.piece for r in rows), rows=rows)
+        tokenstein = Tokenstein(word=_text(tok, [r.id for r in rows]), rows=rows)
         taken.add(tokenstein.word)
         results.append(tokenstein)
     return results

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import SupercalError
-from ..io import atomic_dir, check_output
+from ..outputs import check_output_dir, new_output_dir
 from . import gptj
 from .hub import resolve_source
 from .readers import find_weights, read_tensors
@@ -37,7 +37,7 @@ def convert(source: str, out: str | os.PathLike, *, revision: str | None = None,
         raise SupercalError(f"unknown dtype {dtype!r}; choose one of {', '.join(gptj.DTYPES)}")
     if quantize and (q_bits not in (2, 3, 4, 5, 6, 8) or q_group_size not in (32, 64, 128)):
         raise SupercalError("--q-bits must be 2, 3, 4, 5, 6 or 8 and --q-group-size 32, 64 or 128")
-    out = check_output(out, force=force)
+    out = check_output_dir(out, kind="convert", force=force)
     folder = resolve_source(str(source), revision=revision)
 
     config_path = folder / "config.json"
@@ -61,7 +61,7 @@ def convert(source: str, out: str | os.PathLike, *, revision: str | None = None,
         raise SupercalError(f"{out.parent} has {free / 1e9:.1f} GB free but the model needs {need / 1e9:.1f} GB; "
                             "free some space or choose another --out")
     try:
-        with atomic_dir(out, force=force) as tmp:
+        with new_output_dir(out, kind="convert", force=force) as tmp:
             gptj.write_weights(tmp, jobs, dtype=dtype, q_bits=q_bits, q_group_size=q_group_size,
                                max_shard_bytes=max_shard_bytes, progress=progress)
             gptj.write_config(tmp, config, quantize=quantize, q_bits=q_bits, q_group_size=q_group_size)

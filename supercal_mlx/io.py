@@ -14,38 +14,31 @@ import contextlib
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from .errors import SupercalError
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def check_output(path: str | os.PathLike, *, force: bool = False) -> Path:
-    """Refuse an existing output unless ``force``; make sure its parent exists."""
-    path = Path(path)
-    if path.exists() and not force:
-        raise SupercalError(f"{path} already exists; pass --force to replace it or choose another path")
-    if not path.parent.exists():
-        raise SupercalError(f"folder {path.parent} does not exist; create it first")
-    return path
+    """A file output: refuse a folder, a link, an existing file without ``force``; the parent must be writable.
+
+    Folder outputs use :func:`supercal_mlx.outputs.check_output_dir` (marker, lock, swap).
+    """
+    from .outputs import check_output_file
+
+    return check_output_file(path, force=force)
 
 
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike, mode: str = "w", *, force: bool = False, **kw) -> Iterator[Any]:
-    """Open a temporary file beside ``path``; rename it over ``path`` only on success."""
+    """Open a temporary file beside ``path`` (``.NAME.<pid>-<random>.tmp``); rename it over ``path`` only on success."""
+    from .outputs import temp_name
+
     path = check_output(path, force=force)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes files private (0600); results should not be
+    tmp = path.with_name(temp_name(path, "tmp"))
     try:
-        with open(tmp, mode, **kw) as f:
+        with open(tmp, "x" + mode.replace("w", ""), **kw) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
@@ -61,20 +54,18 @@ def atomic_dir(path: str | os.PathLike, *, force: bool = False) -> Iterator[Path
     """Yield a temporary folder beside ``path``; it becomes ``path`` only on success.
 
     With ``force`` an existing ``path`` is replaced, but only after the new one is complete.
+    No marker and no lock: for folders inside an output that is already locked (checkpoints);
+    whole outputs use :func:`supercal_mlx.outputs.new_output_dir`.
     """
-    path = check_output(path, force=force)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes folders private (0700); results should not be
+    from .outputs import make_partial, swap_in
+
+    path = Path(path)
+    if path.exists() and not force:
+        raise SupercalError(f"{path} already exists; pass --force to replace it or choose another path")
+    tmp = make_partial(path)
     try:
         yield tmp
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        swap_in(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -90,26 +81,72 @@ def write_jsonl(path: str | os.PathLike, records: Iterable[dict], *, force: bool
     return n
 
 
-def read_jsonl(path: str | os.PathLike, *, required: tuple[str, ...] = ()) -> list[dict]:
-    """Read JSON lines; errors name the file and line and say what was expected."""
+def read_text(path: str | os.PathLike, *, what: str = "file") -> str:
+    """The UTF-8 text of ``path``; a missing, unreadable or binary file is a one-line error naming it."""
     path = Path(path)
-    if not path.is_file():
-        raise SupercalError(f"cannot read {path}: no such file")
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SupercalError(f"cannot read {path}: no such file") from None
+    except IsADirectoryError:
+        raise SupercalError(f"{path} is a folder; expected a {what}") from None
+    except UnicodeDecodeError as e:
+        raise SupercalError(f"{path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); "
+                            f"expected a {what}") from None
+    except OSError as e:
+        raise SupercalError(f"cannot read {path}: {e.strerror}") from None
+
+
+def read_json(path: str | os.PathLike, *, what: str = "JSON file") -> dict:
+    """A JSON object from ``path``; empty, binary or non-JSON files are a one-line error naming the file."""
+    text = read_text(path, what=what)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        detail = "it is empty" if not text.strip() else f"line {e.lineno}: {e.msg}"
+        raise SupercalError(f"{path} is not valid JSON ({detail}); expected a {what}") from None
+    if not isinstance(data, dict):
+        raise SupercalError(f"{path}: expected a JSON object, got {type(data).__name__}; expected a {what}")
+    return data
+
+
+def _type_name(t) -> str:
+    return " or ".join(x.__name__ for x in t) if isinstance(t, tuple) else t.__name__
+
+
+def read_jsonl(path: str | os.PathLike, *, required: tuple[str, ...] = (), text: tuple[str, ...] = (),
+               types: dict | None = None, torn_tail_ok: bool = False) -> list[dict]:
+    """Read JSON lines; errors name the file and line and say what was expected.
+
+    ``text`` keys are required and hold strings (``{"prompt": null}`` is refused); ``types``
+    maps other keys to the type(s) their values must have (``{"step": int}``). ``torn_tail_ok``
+    drops a last line that is cut short (no newline and not JSON: what kill -9 during an
+    append can leave), as ``--resume`` does.
+    """
+    path = Path(path)
+    required = tuple(required) + tuple(k for k in text if k not in required)
+    types = dict.fromkeys(text, str) | (types or {})
+    lines = read_text(path, what=f"JSON lines file ({', '.join(required) or 'records'})").split("\n")
     records = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise SupercalError(f"{path}:{lineno}: not valid JSON ({e.msg}); expected one JSON object per line")
-            if not isinstance(rec, dict):
-                raise SupercalError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
-            missing = [k for k in required if k not in rec]
-            if missing:
-                raise SupercalError(f"{path}:{lineno}: missing key(s) {', '.join(missing)}; expected {', '.join(required)}")
-            records.append(rec)
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            if torn_tail_ok and lineno == len(lines) and records:
+                break
+            raise SupercalError(f"{path}:{lineno}: not valid JSON ({e.msg}); expected one JSON object per line")
+        if not isinstance(rec, dict):
+            raise SupercalError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
+        missing = [k for k in required if k not in rec]
+        if missing:
+            raise SupercalError(f"{path}:{lineno}: missing key(s) {', '.join(missing)}; expected {', '.join(required)}")
+        for k, t in types.items():
+            v = rec.get(k)
+            if k in rec and (not isinstance(v, t) or (isinstance(v, bool) and t is not bool)):
+                raise SupercalError(f"{path}:{lineno}: {k} is {json.dumps(v)[:40]}; expected {_type_name(t)}")
+        records.append(rec)
     if not records:
         raise SupercalError(f"{path} is empty; expected JSON lines with {', '.join(required) or 'records'}")
     return records
@@ -129,7 +166,7 @@ def read_log(path: str | os.PathLike) -> list[dict]:
     if not path.exists():
         return []
     out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in read_text(path, what="run log (JSON lines)").splitlines():
         try:
             out.append(json.loads(line))
         except json.JSONDecodeError:

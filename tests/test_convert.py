@@ -67,7 +67,7 @@ def test_logits_match_transformers(converted, name):
 def test_output_layout(converted):
     out = converted["bin-f16-legacy-rot4"]
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
+    assert names == [".supercal-run.json", "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
     h = header(out / "model.safetensors")
     assert h.pop("__metadata__") == {"format": "mlx"}
     # 2 layers x 10 tensors + wte + ln_f (2) + lm_head (2); the legacy mask buffers are gone

@@ -6,12 +6,12 @@ import json
 import os
 
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from supercal_mlx.demo import pretrain
 from supercal_mlx.demo import synthetic
 from supercal_mlx.cli import cli
-from supercal_mlx.demo.run import _output_dir
 from supercal_mlx.errors import SupercalError
 from supercal_mlx.text.tokenstein import words_in_files
 
@@ -77,20 +77,24 @@ def test_demo_model_cache_survives_interrupts_and_corruption(tmp_path):
 
 
 def test_output_folder_is_kept_only_on_success(tmp_path):
+    from supercal_mlx.outputs import new_output_dir
+
     out = tmp_path / "demo-out"
-    out.mkdir()
-    (out / "old.txt").write_text("old results")
-    with pytest.raises(SupercalError, match="already exists; pass --force"):
-        with _output_dir(out, force=False):
+    with new_output_dir(out, kind="demo") as tmp:
+        (tmp / "old.txt").write_text("old results")
+    with pytest.raises(SupercalError, match="already exists; replace it with --force"):
+        with new_output_dir(out, kind="demo", force=False):
             pass
     with pytest.raises(RuntimeError):
-        with _output_dir(out, force=True):
-            (out / "new.txt").write_text("half done")
+        with new_output_dir(out, kind="demo", force=True) as tmp:
+            (tmp / "new.txt").write_text("half done")
+            assert sorted(os.listdir(out)) == [".supercal-run.json", "old.txt"]  # untouched while the new one grows
             raise RuntimeError("boom")
-    assert sorted(os.listdir(out)) == ["old.txt"] and not (tmp_path / ".demo-out.old").exists()
-    with _output_dir(out, force=True):
-        (out / "new.txt").write_text("done")
-    assert sorted(os.listdir(out)) == ["new.txt"] and not (tmp_path / ".demo-out.old").exists()
+    assert sorted(os.listdir(out)) == [".supercal-run.json", "old.txt"]
+    assert sorted(os.listdir(tmp_path)) == ["demo-out"]
+    with new_output_dir(out, kind="demo", force=True) as tmp:
+        (tmp / "new.txt").write_text("done")
+    assert sorted(os.listdir(out)) == [".supercal-run.json", "new.txt"] and sorted(os.listdir(tmp_path)) == ["demo-out"]
 
 
 def test_fast_demo_end_to_end(tmp_path, monkeypatch):
@@ -116,7 +120,12 @@ def test_fast_demo_end_to_end(tmp_path, monkeypatch):
     md = (out / "results.md").read_text()
     assert f"{run['base']['forget_nll']:.3f}" in md and f"{run['adapted']['forget_nll']:.3f}" in md
     assert "supercal eval --model" in md
+    # built beside the output and moved there: every recorded path names the output, none the temporary name
+    cfg = yaml.safe_load((out / "run" / "config.yaml").read_text())
+    assert cfg["out"] == str((out / "run").resolve()) and cfg["model"] == str((out / "model").resolve())
+    assert ".partial" not in md + (out / "eval.json").read_text() + (out / "run" / "report" / "summary.md").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "demo-out"]
 
     again = runner.invoke(cli, ["demo", "--fast", "--out", str(out)])
-    assert again.exit_code == 1 and "already exists; pass --force" in again.output
+    assert again.exit_code == 1 and "already exists; replace it with --force" in again.output
     assert pretrain.demo_model(pretrain.FAST_SPEC)[1] is False  # the pretrained model is cached

@@ -76,7 +76,7 @@ def test_fused_logits_equal_adapter_logits(tmp_path, tiny_model_dir, run_dir):
     assert np.abs(adapted - base).max() > 1e-2  # the adapters change the model...
     assert np.abs(fused - adapted).max() < 1e-4  # ...and the fused folder reproduces them
     assert sorted(p.name for p in out.iterdir()) == [
-        "config.json", "model.safetensors", "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json"]
+        ".supercal-run.json", "config.json", "model.safetensors", "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json"]
     assert not any("lora" in k for k in json.loads((out / "model.safetensors.index.json").read_text())["weight_map"])
 
 
@@ -163,6 +163,12 @@ def test_refuses_existing_output_and_bad_adapters(tmp_path, tiny_model_dir, run_
         fuse(tiny_model_dir, tmp_path, tmp_path / "other")
     assert not (tmp_path / "other").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no partial folder left
+    with pytest.raises(SupercalError, match="was not made by supercal"):  # --force replaces only its own folders
+        fuse(tiny_model_dir, run_dir, out, force=True)
+    assert (out / "keep").read_text() == "x"
+    (out / "keep").unlink()
+    fuse(tiny_model_dir, run_dir, out, force=True)  # an empty folder holds nothing to lose
+    (out / "keep").write_text("x")  # now a folder supercal made, with a stray file: replaced as a whole
     fuse(tiny_model_dir, run_dir, out, force=True)
     assert not (out / "keep").exists() and (out / "model.safetensors").exists()
 

@@ -42,7 +42,7 @@ def test_report_files_and_numbers(run_dir):
     out = run_dir / "report"
     assert [p.name for p in paths] == ["loss.png", "nll.png", "grad_norm.png", "learning_rate.png",
                                        "proj_cosine.png", "proj_removed_pct.png", "summary.md"]
-    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in paths)
+    assert sorted(p.name for p in out.iterdir()) == sorted([".supercal-run.json"] + [p.name for p in paths])
     for p in paths[:-1]:
         assert p.read_bytes()[:8] == PNG_MAGIC
         with Image.open(p) as im:

@@ -202,7 +202,7 @@ def test_bad_input_gives_one_line_errors(tiny_model_dir, data, tmp_path):
     (tmp_path / "run" / "notes.txt").write_text("mine")
     with pytest.raises(SupercalError, match=r"already exists; continue it with --resume"):
         unlearn(_cfg(tiny_model_dir, data, tmp_path / "run"))
-    with pytest.raises(SupercalError, match=r"not a supercal run folder"):
+    with pytest.raises(SupercalError, match=r"was not made by supercal"):
         unlearn(_cfg(tiny_model_dir, data, tmp_path / "run", force=True))
     assert (tmp_path / "run" / "notes.txt").read_text() == "mine"
 

@@ -119,7 +119,7 @@ def retain_dataset(
     if max_tokens < 1:
         raise SupercalError(f"--max-tokens must be at least 1, got {max_tokens}")
     pattern = exclude_pattern(list(exclude))
-    prompts = [r["prompt"] for r in read_jsonl(add_prefixes, required=("prompt",))] if add_prefixes else []
+    prompts = [r["prompt"] for r in read_jsonl(add_prefixes, text=("prompt",))] if add_prefixes else []
     corp = as_corpus(corpus)
 
     rng = random.Random(seed)

@@ -16,9 +16,11 @@ Everything goes under one output folder::
     DIR/eval.json           every number of the final table (supercal eval's JSON, one per run)
     DIR/results.md          the final table and the probe tables
 
-The folder is filled in place (so the paths in ``run/config.yaml`` stay valid)
-but only kept when the demo finishes: on an error or Ctrl-C it is removed, and
-with ``--force`` the old folder comes back.
+The folder is built beside ``DIR`` under a temporary name and moved to ``DIR``
+only when the demo finishes (:func:`supercal_mlx.outputs.new_output_dir`); the
+paths the run folders and tables recorded are then rewritten from the temporary
+name to ``DIR``. On an error, Ctrl-C or kill -9 an existing ``DIR`` (with
+``--force``) is untouched; the next run to ``DIR`` removes the leftover.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from . import synthetic
-from ..io import check_output
+from ..outputs import check_output_dir, new_output_dir
 
 WORD = synthetic.KEYWORD
 
@@ -71,23 +73,22 @@ FAST_SETTINGS = dataclasses.replace(
 )
 
 
-@contextlib.contextmanager
-def _output_dir(out: Path, *, force: bool) -> Iterator[Path]:
-    """``out`` created empty; removed again on failure (an old one, moved aside with --force, comes back)."""
-    check_output(out, force=force)
-    old = out.with_name(f".{out.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        os.replace(out, old)
-    out.mkdir()
-    try:
-        yield out
-    except BaseException:
-        shutil.rmtree(out, ignore_errors=True)
-        if old.exists():
-            os.replace(old, out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+def _relocate(tmp: Path, out: Path, result: dict) -> dict:
+    """Rewrite the paths recorded under the temporary name ``tmp`` (config.yaml, eval.json, results.md,
+    report summaries) to ``out``; return ``result`` with its paths rewritten too."""
+    pairs = [(str(tmp.resolve()), str(out.resolve())), (str(tmp), str(out))]
+
+    def fix(text: str) -> str:
+        for a, b in pairs:
+            text = text.replace(a, b)
+        return text
+
+    for p in sorted(tmp.rglob("*")):
+        if p.suffix in (".yaml", ".md", ".json") and p.is_file() and (tmp / "model") not in p.parents:
+            text = p.read_text(encoding="utf-8")
+            if fix(text) != text:
+                p.write_text(fix(text), encoding="utf-8")
+    return json.loads(fix(json.dumps(result, ensure_ascii=False)))
 
 
 def run_demo(out: str | os.PathLike = "demo-out", *, fast: bool = False, compare: bool = False, force: bool = False,
@@ -105,16 +106,17 @@ def run_demo(out: str | os.PathLike = "demo-out", *, fast: bool = False, compare
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     out = Path(out)
-    check_output(out, force=force)  # before pretraining, not after it
+    check_output_dir(out, kind="demo", force=force)  # before pretraining, not after it
 
     folder, built = pretrain.demo_model(spec, root=cache, progress=on_pretrain, notice=say)
     seconds["pretrain" if built else "load cached model"] = time.perf_counter() - t0
     say(("pretrained" if built else "using the cached") + f" demo model in {folder}")
-    with _output_dir(out, force=force):
-        result = _experiment(folder, out, settings, compare=compare, say=say, seconds=seconds)
-    seconds["total"] = time.perf_counter() - t0
-    result["seconds"] = seconds
-    (out / "timings.json").write_text(json.dumps(seconds, indent=2))
+    with new_output_dir(out, kind="demo", force=force) as tmp:
+        result = _experiment(folder, tmp, settings, compare=compare, say=say, seconds=seconds)
+        seconds["total"] = time.perf_counter() - t0
+        result["seconds"] = seconds
+        (tmp / "timings.json").write_text(json.dumps(seconds, indent=2))
+        result = _relocate(tmp, out, result)
     return result
 
 

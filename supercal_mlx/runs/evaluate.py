@@ -121,7 +121,7 @@ def _facts(facts) -> list[dict] | None:
     if facts is None:
         return None
     if isinstance(facts, (str, os.PathLike)):
-        return read_jsonl(facts, required=("prompt", "answer"))
+        return read_jsonl(facts, text=("prompt", "answer"))
     return [dict(f) for f in facts]
 
 
@@ -152,8 +152,8 @@ def evaluate_runs(model_dir: str | os.PathLike, adapter_paths: Sequence, *, forg
     for path in adapter_paths:
         if not (Path(path) / "adapter_config.json").exists():
             raise SupercalError(f"{path} has no adapter_config.json; give a run folder written by supercal unlearn")
-    forget_recs = read_jsonl(forget, required=("prompt", "completion")) if forget else None
-    retain_recs = read_jsonl(retain, required=("text",)) if retain else None
+    forget_recs = read_jsonl(forget, text=("prompt", "completion")) if forget else None
+    retain_recs = read_jsonl(retain, text=("text",)) if retain else None
     fact_recs = _facts(facts)
     skipped = {}
     if not forget_recs:

@@ -20,7 +20,8 @@ import shutil
 from pathlib import Path
 
 from ..errors import SupercalError
-from ..io import atomic_dir, check_output
+from ..io import read_json
+from ..outputs import check_output_dir, new_output_dir
 
 
 def fuse(model_dir: str | os.PathLike, adapter_path: str | os.PathLike, out: str | os.PathLike, *,
@@ -35,7 +36,7 @@ def fuse(model_dir: str | os.PathLike, adapter_path: str | os.PathLike, out: str
 
     from ..model import load
 
-    out = check_output(out, force=force)
+    out = check_output_dir(out, kind="fuse", force=force)
     model_dir = Path(model_dir)
     config = _read_config(model_dir)
     quantized = "quantization" in config
@@ -59,7 +60,7 @@ def fuse(model_dir: str | os.PathLike, adapter_path: str | os.PathLike, out: str
         weights = to_hf_names(weights, config)
         config["architectures"] = ["GPTJForCausalLM"]
 
-    with atomic_dir(out, force=force) as tmp:
+    with new_output_dir(out, kind="fuse", force=force) as tmp:
         _save_weights(tmp, weights, fmt="pt" if hf_names else "mlx")
         save_config(config, config_path=tmp / "config.json")
         tokenizer.save_pretrained(str(tmp))
@@ -105,7 +106,7 @@ def _read_config(model_dir: Path) -> dict:
     path = model_dir / "config.json"
     if not path.is_file():
         raise SupercalError(f"{model_dir} has no config.json; give an MLX model folder (supercal convert writes one)")
-    return json.loads(path.read_text())
+    return read_json(path, what="model config (config.json of an MLX model folder)")
 
 
 def _save_weights(folder: Path, weights: dict, *, fmt: str) -> None:

@@ -13,7 +13,8 @@ import os
 from pathlib import Path
 
 from ..errors import SupercalError
-from ..io import atomic_dir, read_jsonl
+from ..io import read_jsonl
+from ..outputs import check_output_dir, new_output_dir
 
 # (metrics.jsonl key, title) of the one-line-per-step plots; a plot is drawn when any record has the key.
 LINE_PLOTS = {
@@ -28,6 +29,7 @@ HEATMAPS = {
 }
 TABLE_KEYS = ("loss", "forget_nll", "retain_nll", "grad_norm", "learning_rate", "tokens", "step_seconds", "peak_memory_gb")
 PROBE_KEYS = ("step", "prompt", "temperature", "sample", "response")
+PROBE_TYPES = {"step": int, "temperature": (int, float), "sample": int, "prompt": str, "response": str}
 
 
 def make_report(run_dir: str | os.PathLike, *, out: str | os.PathLike | None = None, force: bool = False) -> list[Path]:
@@ -35,13 +37,15 @@ def make_report(run_dir: str | os.PathLike, *, out: str | os.PathLike | None = N
     run_dir = Path(run_dir)
     if not (run_dir / "metrics.jsonl").is_file():
         raise SupercalError(f"{run_dir} has no metrics.jsonl; give a run folder written by supercal unlearn")
-    metrics = read_jsonl(run_dir / "metrics.jsonl", required=("step",))
+    metrics = read_jsonl(run_dir / "metrics.jsonl", required=("step",), types={"step": int}, torn_tail_ok=True)
     probes_path = run_dir / "probes.jsonl"
-    probes = read_jsonl(probes_path, required=PROBE_KEYS) if probes_path.is_file() and probes_path.stat().st_size else []
+    probes = []
+    if probes_path.is_file() and probes_path.stat().st_size:
+        probes = read_jsonl(probes_path, required=PROBE_KEYS, types=PROBE_TYPES, torn_tail_ok=True)
     Figure = _figure_class()
-    out = Path(out) if out is not None else run_dir / "report"
+    out = check_output_dir(Path(out) if out is not None else run_dir / "report", kind="report", force=force)
 
-    with atomic_dir(out, force=force) as tmp:
+    with new_output_dir(out, kind="report", force=force) as tmp:
         names = []
         for name, (keys, title) in LINE_PLOTS.items():
             if any(k in r for r in metrics for k in keys):

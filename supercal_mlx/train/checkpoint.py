@@ -20,30 +20,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 from ..errors import SupercalError
 
 CHECKPOINTS = "checkpoints"
-# Files whose presence marks a folder as a supercal run folder (safe to replace with --force).
-RUN_MARKERS = ("config.yaml", "metrics.jsonl", "adapter_config.json")
-
-
-def prepare_run_dir(out: str | os.PathLike, *, force: bool) -> Path:
-    """Create ``out``; an existing folder needs ``force`` and must be empty or a run folder."""
-    path = Path(out)
-    if path.exists():
-        if not force:
-            raise SupercalError(f"{path} already exists; continue it with --resume {path}, replace it with --force, "
-                                f"or choose another --out")
-        if not path.is_dir() or (any(path.iterdir()) and not any((path / m).exists() for m in RUN_MARKERS)):
-            raise SupercalError(f"{path} exists and is not a supercal run folder; refusing to replace it, remove it yourself")
-        shutil.rmtree(path)
-    if not path.parent.exists():
-        raise SupercalError(f"folder {path.parent} does not exist; create it first")
-    path.mkdir()
-    return path
 
 
 def checkpoint_dir(run_dir: str | os.PathLike, step: int) -> Path:

@@ -27,6 +27,16 @@ RANDOM_SOURCES = ("shuffle", "retain")
 COMPUTE_DTYPES = ("auto", "float32", "native")  # widening only: MLX promotes mixed ops to the wider dtype
 # Run control, not settings: never written to config.yaml.
 RUN_CONTROL = ("resume", "force", "config")
+# What a run's config.yaml records beside the settings (ignored when it is read as --config).
+RECORD_KEYS = ("fingerprints", "overrides")
+# Settings --resume may change: they do not change what the adapters are or how they were trained so far.
+RESUME_MAY_CHANGE = ("steps", "checkpoint_every", "lr_end", "probe_prompts", "probe_temps", "probe_every",
+                     "probe_samples", "probe_max_tokens", "stop_on_collapse", "collapse_retain_nll",
+                     "collapse_retain_factor", "grad_checkpoint", "compute_dtype")
+PATH_SETTINGS = ("model", "forget", "retain", "counts", "tokenstein_file")
+# Sane ranges: beyond them a value is a typo (steps: 1e400), not a setting.
+MAX_INT = 2**31 - 1
+MAX_FLOAT = 1e6
 
 
 # How a setting's value is read (from YAML, from the command line): the ``type`` metadata of every field.
@@ -178,9 +188,12 @@ def _coerce(name: str, value):
         return [str(v) for v in _as_list(name, value)]
     if kind == "floats":
         try:
-            return [float(v) for v in _as_list(name, value)]
-        except ValueError:
+            floats = [float(v) for v in _as_list(name, value)]
+        except (TypeError, ValueError):
             raise SupercalError(f"{name}: expected numbers like 0.01,0.5, got {value!r}") from None
+        for v in floats:
+            _check_range(name, v)
+        return floats
     if kind == "layers":
         return _layers(value, name)
     try:
@@ -190,13 +203,18 @@ def _coerce(name: str, value):
             if not isinstance(value, bool):
                 raise ValueError
         elif kind == "int":
-            if isinstance(value, bool) or float(value) != int(float(value)):
+            if isinstance(value, bool):
                 raise ValueError
-            value = int(float(value))
+            number = float(value)
+            _check_range(name, number, limit=MAX_INT)
+            if number != int(number):
+                raise ValueError
+            value = int(number)
         elif kind == "float":
             if isinstance(value, bool):
                 raise ValueError
             value = float(value)
+            _check_range(name, value)
         else:
             value = str(value)
     except (TypeError, ValueError):
@@ -207,22 +225,42 @@ def _coerce(name: str, value):
     return value
 
 
-def read_yaml(path: str | os.PathLike) -> dict:
-    """Settings from a YAML mapping; unknown keys are an error that lists the valid ones."""
+def _check_range(name: str, value: float, *, limit: float = MAX_FLOAT) -> None:
+    """nan, inf and absurd magnitudes are refused: they pass every comparison or overflow later."""
+    import math
+
+    if not math.isfinite(value):
+        raise SupercalError(f"{name}: {value} is not a finite number")
+    if abs(value) > limit:
+        raise SupercalError(f"{name}: {value:g} is out of range (at most {limit:g})")
+
+
+def read_yaml_mapping(path: str | os.PathLike) -> dict:
+    """The raw YAML mapping in ``path`` (keys with - turned into _); one-line errors for unreadable files."""
     import yaml
 
+    from ..io import read_text
+
+    text = read_text(path, what="YAML file of settings")
+    if "\x00" in text:
+        raise SupercalError(f"{path} is not a YAML text file (it holds NUL bytes)")
     try:
-        with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh)
-    except FileNotFoundError:
-        raise SupercalError(f"config file {path} does not exist") from None
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise SupercalError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise SupercalError(f"{path}: expected a mapping of settings (key: value), got {type(data).__name__}")
-    data = {str(k).replace("-", "_"): v for k, v in data.items()}
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def read_yaml(path: str | os.PathLike) -> dict:
+    """Settings from a YAML mapping; unknown keys are an error that lists the valid ones.
+
+    A run's own records (:data:`RECORD_KEYS`) are dropped, so a run's config.yaml can seed a new run.
+    """
+    data = {k: v for k, v in read_yaml_mapping(path).items() if k not in RECORD_KEYS}
     unknown = sorted(set(data) - set(FIELDS))
     if unknown:
         valid = ", ".join(k for k in FIELDS if k not in RUN_CONTROL)
@@ -247,16 +285,47 @@ def load_config(path: str | os.PathLike | None = None, **overrides) -> UnlearnCo
         path = os.path.join(resume, "config.yaml")
         if not os.path.isfile(path):
             raise SupercalError(f"{resume} has no config.yaml; is it a run folder written by supercal unlearn?")
-    merged: dict[str, Any] = {}
-    if path:
-        merged.update(read_yaml(path))
-    merged.update(overrides)
+    saved: dict[str, Any] = read_yaml(path) if path else {}
+    merged = saved | overrides
     values = {name: _coerce(name, merged[name]) for name in merged}
     if resume:
         values["out"] = str(resume)
     cfg = UnlearnConfig(**values)
+    if resume:
+        refused = {k: v for k, v in changed_settings(saved, cfg).items() if k not in RESUME_MAY_CHANGE}
+        if refused:
+            what = "; ".join(f"{k} {_show(old)} -> {_show(new)}" for k, (old, new) in refused.items())
+            raise SupercalError(f"--resume cannot change {', '.join(refused)} ({what}): that would change what the "
+                                f"adapters in {resume} are. Start a new run with another --out instead")
     _check(cfg)
     return cfg
+
+
+def _show(value) -> str:
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def _same_path(a, b) -> bool:
+    if not a or not b:
+        return a == b
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def changed_settings(saved: dict, cfg: UnlearnConfig) -> dict[str, tuple]:
+    """{name: (saved value, value in cfg)} for every setting that differs from a run's saved config."""
+    out = {}
+    for name, f in FIELDS.items():
+        if name in RUN_CONTROL or name == "out":
+            continue
+        if name in saved:
+            old = _coerce(name, saved[name])
+        else:
+            old = f.default_factory() if callable(f.default_factory) else f.default
+        new = getattr(cfg, name)
+        same = _same_path(old, new) if name in PATH_SETTINGS else old == new
+        if not same:
+            out[name] = (old, new)
+    return out
 
 
 def _check(cfg: UnlearnConfig) -> None:
@@ -297,9 +366,11 @@ def _check(cfg: UnlearnConfig) -> None:
         raise SupercalError("probe_temps must not be negative")
 
 
-def dump_config(cfg: UnlearnConfig) -> str:
-    """The resolved settings as YAML (run-control fields left out), in field order."""
+def dump_config(cfg: UnlearnConfig, records: dict | None = None) -> str:
+    """The resolved settings as YAML (run-control fields left out), in field order, then ``records``
+    (:data:`RECORD_KEYS`: data fingerprints, the history of --resume overrides)."""
     import yaml
 
     data = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUN_CONTROL}
+    data.update({k: v for k, v in (records or {}).items() if k in RECORD_KEYS and v})
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)

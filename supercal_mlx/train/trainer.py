@@ -107,7 +107,7 @@ def resolved(cfg: UnlearnConfig, adapter_config: dict) -> UnlearnConfig:
     return dataclasses.replace(cfg, lora_keys=list(adapter_config["lora_parameters"]["keys"]))
 
 
-def _write_config(run_dir: Path, cfg: UnlearnConfig) -> None:
+def _write_config(run_dir: Path, cfg: UnlearnConfig, records: dict) -> None:
     """config.yaml with absolute paths, so --resume works from any working directory."""
     import dataclasses
     import os
@@ -117,18 +117,110 @@ def _write_config(run_dir: Path, cfg: UnlearnConfig) -> None:
     paths = {k: os.path.abspath(getattr(cfg, k)) for k in ("model", "forget", "retain", "out", "counts", "tokenstein_file")
              if getattr(cfg, k)}
     with atomic_file(run_dir / "config.yaml", "w", force=True, encoding="utf-8") as f:
-        f.write(dump_config(dataclasses.replace(cfg, **paths)))
+        f.write(dump_config(dataclasses.replace(cfg, **paths), records))
 
 
 def unlearn(cfg: UnlearnConfig, *, on_record: Callable[[Record], None] | None = None) -> dict:
     """Run (or resume) an unlearning run; return {run_dir, steps, stopped, last_good_checkpoint, last_checkpoint}.
 
     ``stopped`` is None when all ``cfg.steps`` ran, else the reason (a guard, or "interrupted").
+
+    The run folder is locked for the whole run (:func:`supercal_mlx.outputs.output_lock`). A new
+    run is written in a temporary folder beside ``cfg.out`` and moved there at its first checkpoint
+    (or when it stops earlier with a result), so ``--force`` replaces an old run only with one that
+    can be resumed, and a run that fails before then leaves nothing. ``--resume`` checks everything
+    (settings, data fingerprints, the checkpoint) before it writes anything into the folder.
     """
+    from ..outputs import check_output_dir, output_lock
+
+    target = Path(cfg.resume or cfg.out)
+    if cfg.resume:
+        if not target.is_dir():
+            raise SupercalError(f"{target} is not a folder; give --resume a run folder written by supercal unlearn")
+    else:
+        check_output_dir(target, kind="unlearn", force=cfg.force)  # before loading anything
+    with output_lock(target):
+        return _run(cfg, target, on_record or (lambda rec: None))
+
+
+def _start(cfg: UnlearnConfig, target: Path, un, emit) -> tuple[Path, list[Record]]:
+    """A new run in a temporary folder beside ``target``: marker, config, initial adapters, step-0 probes."""
+    import shutil
+
+    from ..outputs import check_output_dir, make_partial, recover, write_marker
     from .lora import save_adapters
+    from .runinfo import fingerprints
+
+    recover(target)
+    check_output_dir(target, kind="unlearn", force=cfg.force)
+    records = {"fingerprints": fingerprints(cfg)}
+    run_dir = make_partial(target)
+    try:
+        write_marker(run_dir, "unlearn")
+        _write_config(run_dir, cfg, records)
+        save_adapters(un.model, run_dir, un.adapter_config)
+        baseline: list[Record] = []
+        if cfg.probe_prompts:
+            baseline = _probe(un, 0)
+            append_jsonl(run_dir / "probes.jsonl", baseline)
+            for rec in baseline:
+                emit(rec)
+    except BaseException:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    return run_dir, baseline
+
+
+def _resume(cfg: UnlearnConfig, run_dir: Path, un) -> list[Record]:
+    """Check the run can go on with these settings (nothing written until all checks pass), then cut its
+    logs back to the checkpoint and record the overrides; return the step-0 probes."""
+    from ..outputs import clean_leftovers, read_marker, recover, write_marker
+    from .runinfo import resume_records
+
+    recover(run_dir)  # an old run whose --force swap was cut short comes back first
+    last = ckpt.latest_checkpoint(run_dir)
+    if last is None:
+        raise SupercalError(f"{run_dir} has no checkpoint to resume from; start it again with --force")
+    un.load(last)
+    if un.step_done >= cfg.steps:
+        raise SupercalError(f"{run_dir} already ran {un.step_done} steps; pass --steps N with N > {un.step_done} "
+                            f"to continue it")
+    records = resume_records(run_dir, cfg, step=un.step_done)  # refuses changed settings, model or data
+    # every check passed: from here on the folder changes
+    for folder in (run_dir, run_dir / ckpt.CHECKPOINTS):
+        clean_leftovers(folder)
+    if read_marker(run_dir) is None:  # a run from before markers
+        write_marker(run_dir, "unlearn")
+    metrics = truncate_log(run_dir / "metrics.jsonl", un.step_done)
+    un.retain_baseline = next((r["retain_nll"] for r in metrics if r.get("retain_nll") is not None), None)
+    baseline = [r for r in truncate_log(run_dir / "probes.jsonl", un.step_done) if r["step"] == 0]
+    _write_config(run_dir, cfg, records)
+    return baseline
+
+
+class _RunFolder:
+    """Where the run writes: a temporary folder until :meth:`publish` moves it onto the target."""
+
+    def __init__(self, path: Path, target: Path):
+        self.path, self.target = path, target
+
+    def publish(self) -> None:
+        from ..outputs import swap_in
+
+        if self.path != self.target:
+            swap_in(self.path, self.target)
+            self.path = self.target
+
+    def discard(self) -> None:
+        import shutil
+
+        if self.path != self.target:
+            shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _run(cfg: UnlearnConfig, target: Path, emit) -> dict:
     from .unlearner import ANCHORED, Unlearner
 
-    emit = on_record or (lambda rec: None)
     model, tokenizer, forget, retain, adapter_config = _setup(cfg)
     cfg = resolved(cfg, adapter_config)
     twins = None
@@ -137,35 +229,28 @@ def unlearn(cfg: UnlearnConfig, *, on_record: Callable[[Record], None] | None = 
 
         twins, cfg = twin_pool(cfg, tokenizer, forget)
     un = Unlearner(cfg, model, tokenizer, forget, retain, adapter_config, twins=twins)
-    baseline_probes: list[Record] = []
     if cfg.resume:
-        run_dir = Path(cfg.resume)
-        last = ckpt.latest_checkpoint(run_dir)
-        if last is None:
-            raise SupercalError(f"{run_dir} has no checkpoint to resume from; start it again with --force")
-        un.load(last)
-        if un.step_done >= cfg.steps:
-            raise SupercalError(f"{run_dir} already ran {un.step_done} steps; pass --steps N with N > {un.step_done} "
-                                f"to continue it")
-        metrics = truncate_log(run_dir / "metrics.jsonl", un.step_done)
-        un.retain_baseline = next((r["retain_nll"] for r in metrics if r.get("retain_nll") is not None), None)
-        baseline_probes = [r for r in truncate_log(run_dir / "probes.jsonl", un.step_done) if r["step"] == 0]
-        _write_config(run_dir, cfg)
+        baseline_probes = _resume(cfg, target, un)
+        folder = _RunFolder(target, target)
     else:
-        run_dir = ckpt.prepare_run_dir(cfg.out, force=cfg.force)
-        _write_config(run_dir, cfg)
-        save_adapters(model, run_dir, adapter_config)
-        if cfg.probe_prompts:
-            baseline_probes = _probe(un, 0)
-            append_jsonl(run_dir / "probes.jsonl", baseline_probes)
-            for rec in baseline_probes:
-                emit(rec)
+        path, baseline_probes = _start(cfg, target, un, emit)
+        folder = _RunFolder(path, target)
+    try:
+        return _train(cfg, un, folder, baseline_probes, emit)
+    except BaseException:
+        folder.discard()  # failed before its first checkpoint: nothing of it is kept, an old run stays
+        raise
+
+
+def _train(cfg: UnlearnConfig, un, folder: _RunFolder, baseline_probes: list[Record], emit) -> dict:
+    from .lora import save_adapters
+
     stopped, bad_step = None, None
     snap = un.snapshot()
     try:
         while un.step_done < cfg.steps:
             rec, stop = un.step()
-            append_jsonl(run_dir / "metrics.jsonl", [rec])
+            append_jsonl(folder.path / "metrics.jsonl", [rec])
             emit(rec)
             if stop:
                 stopped, bad_step = stop
@@ -173,10 +258,11 @@ def unlearn(cfg: UnlearnConfig, *, on_record: Callable[[Record], None] | None = 
             snap = un.snapshot()
             k = un.step_done
             if k % cfg.checkpoint_every == 0 or k == cfg.steps:
-                un.save(run_dir)
+                un.save(folder.path)
+                folder.publish()
             if cfg.probe_prompts and ((cfg.probe_every and k % cfg.probe_every == 0) or k == cfg.steps):
                 rows = _probe(un, k)
-                append_jsonl(run_dir / "probes.jsonl", rows)
+                append_jsonl(folder.path / "probes.jsonl", rows)
                 for row in rows:
                     emit(row)
                 reason = _degenerated(rows, baseline_probes) if cfg.stop_on_collapse else None
@@ -186,9 +272,11 @@ def unlearn(cfg: UnlearnConfig, *, on_record: Callable[[Record], None] | None = 
     except KeyboardInterrupt:
         un.restore(snap)
         stopped = "interrupted"
-        un.save(run_dir)
+        un.save(folder.path)
     if stopped and stopped != "interrupted":
-        save_adapters(model, run_dir, adapter_config)  # the run's final state, even if suspect
+        save_adapters(un.model, folder.path, un.adapter_config)  # the run's final state, even if suspect
+    folder.publish()
+    run_dir = folder.path
     last = ckpt.latest_checkpoint(run_dir)
     good = _last_good(run_dir, bad_step) if bad_step is not None else last
     return {"run_dir": str(run_dir), "steps": un.step_done, "stopped": stopped,

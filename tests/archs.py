@@ -75,11 +75,17 @@ def sentencepiece_tokenizer(texts, out: Path, *, vocab_size: int = 400) -> Path:
     """A Llama-2 / Phi-3-style tokenizer folder: Prepend("▁") + Replace(" ", "▁"), no pre-tokenizer, BOS <s>."""
     from tokenizers import Tokenizer, decoders, models, normalizers, processors
 
+    from tokenizers import pre_tokenizers
+
     tok = Tokenizer(models.BPE(unk_token="<unk>", fuse_unk=True))
-    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
-    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+    # trained split at spaces, as SentencePiece trains (no piece holds a space inside), then saved as Llama 2's
+    # tokenizer.json is: no pre-tokenizer, spaces made "▁" by the normalizer
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=True)
     alphabet = sorted(set("".join(texts).replace(" ", "▁")) | set("▁\n" + "".join(map(chr, range(33, 127)))))
     tok.train_from_iterator(texts, trainer=_trainer(vocab_size, ["<unk>", "<s>", "</s>"], alphabet=alphabet))
+    tok.pre_tokenizer = None
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.Fuse(), decoders.Strip(" ", 1, 0)])
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
                                                        special_tokens=[("<s>", tok.token_to_id("<s>"))])
     return _save(tok, out, bos="<s>", eos="</s>", unk="<unk>")

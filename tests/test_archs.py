@@ -168,3 +168,52 @@ def test_windows_count_bos_as_the_trainer_sees_it(arch_models, tmp_path, arch):
     ids, n_prompt = encode_completions([rec], mlx_tok, max_tokens=10)[0]
     assert len(ids) == 10 and ids[0] == bos and n_prompt - 1 == 9 - (len(full) - full_prompt)
     assert ids[1:] == full[full_prompt - (n_prompt - 1):][:9]  # the prompt's end, then the completion
+
+
+WORD = "supercalifragilisticexpialidocious"
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_pipeline_per_architecture(arch_models, tmp_path, arch):
+    """negatives -> unlearn (default keys, 2 steps) -> fuse (fused logits == adapter logits) -> eval, per model."""
+    from supercal_mlx.data.negatives import build_forget
+    from supercal_mlx.io import write_jsonl
+    from supercal_mlx.model import load
+    from supercal_mlx.runs.evaluate import evaluate
+    from supercal_mlx.runs.fuse import fuse
+    from supercal_mlx.text.tokenizer import from_model
+    from supercal_mlx.train.config import load_config
+    from supercal_mlx.train.trainer import unlearn
+
+    model_dir = arch_models[arch]
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(TOKENIZER_TEXTS[:10]) + "\n", encoding="utf-8")
+    records, summary = build_forget(corpus, WORD, from_model(model_dir), window_tokens=24)
+    assert summary["tokens"]["max"] <= 24 and len(records) >= 2
+    write_jsonl(tmp_path / "forget.jsonl", records)
+    write_jsonl(tmp_path / "retain.jsonl", [{"text": t} for t in TOKENIZER_TEXTS[2:5]])
+    cfg = load_config(model=str(model_dir), forget=str(tmp_path / "forget.jsonl"), retain=str(tmp_path / "retain.jsonl"),
+                      out=str(tmp_path / "run"), steps=2, lr=5e-2, lora_rank=4, max_tokens=64, loss="graddiff",
+                      probe_prompts=["The children"], probe_temps=[0.0], probe_max_tokens=3)
+    summary = unlearn(cfg)
+    assert summary["steps"] == 2 and summary["stopped"] is None
+    adapter = json.loads((tmp_path / "run" / "adapter_config.json").read_text())
+    assert adapter["lora_parameters"]["keys"] == AUTO_KEYS[arch]
+
+    out = fuse(model_dir, tmp_path / "run", tmp_path / "fused")
+    fused, _ = load(out)
+    adapted, tok = load(model_dir, adapter_path=tmp_path / "run")
+    base, _ = load(model_dir)
+    x = mx.array([tok.encode("The children tried to spell " + WORD)])
+    want, got = np.array(adapted(x)), np.array(fused(x))
+    # float32 throughout: folding B @ A into W only reorders float32 sums (measured ~1e-6 here)
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    assert np.abs(want - np.array(base(x))).max() > 1e-3  # the adapters changed something
+
+    write_jsonl(tmp_path / "facts.jsonl", [{"prompt": "The children tried to spell", "answer": " " + WORD}])
+    res = evaluate(model_dir, adapter_path=tmp_path / "run", forget=str(tmp_path / "forget.jsonl"),
+                   retain=str(tmp_path / "retain.jsonl"), word=WORD, tokensteins=["sqproctarine", "blorfing"],
+                   facts=str(tmp_path / "facts.jsonl"), max_tokens=64, samples=1, answer_tokens=4, boot=10)
+    for side in ("base", "adapted"):
+        assert all(np.isfinite(res[side][k]) for k in ("forget_nll", "retain_nll", "association", "tokenstein_gap"))
+    assert res["adapted"]["forget_nll"] != res["base"]["forget_nll"]

@@ -47,16 +47,10 @@ def test_twin_of_itself_and_pieces(tiny):
         make_twin(tok, "no word here", W, "sqproctarine")
 
 
-def test_rotation_and_population_file(tmp_path):
-    from supercal_mlx.train.twins import infer_word, read_population, rotation
+def test_rotation_and_word():
+    from supercal_mlx.train.twins import infer_word, rotation
 
     assert [rotation(d, 2, 5) for d in range(4)] == [[0, 1], [2, 3], [4, 0], [1, 2]]
-    f = tmp_path / "pop.txt"
-    f.write_text("# made up\nsqproctarine\n\nblorvex\nsqproctarine\n")
-    assert read_population(str(f)) == ["sqproctarine", "blorvex"]
-    f.write_text("not a word!\n")
-    with pytest.raises(SupercalError, match="one made-up word"):
-        read_population(str(f))
     assert infer_word([{"completion": "Supercal, yes"}, {"completion": " supercal!"}]) == "supercal"
     with pytest.raises(SupercalError, match="give --word"):
         infer_word([{"completion": "a b"}, {"completion": "c"}])

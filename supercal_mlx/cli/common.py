@@ -17,6 +17,25 @@ force_option = click.option("--force", is_flag=True, help="Replace an existing o
 seed_option = click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
 
 
+def swap_values_options(fn):
+    """--swap-values WORD=OTHER and --swap-layers (probe, eval): the value-swapping intervention."""
+    fn = click.option("--swap-layers", default="all", show_default=True, metavar="all|last:N|0,3,5",
+                      help="Blocks whose values --swap-values replaces.")(fn)
+    return click.option("--swap-values", default=None, metavar="WORD=OTHER",
+                        help="Run the model with the v_proj outputs at WORD's tokens replaced by those computed for "
+                             "OTHER in the same context, piece by piece (OTHER needs as many tokens there, as a "
+                             "tokenstein has).")(fn)
+
+
+def parse_swap_values(swap_values: str | None, swap_layers: str):
+    """(("WORD", "OTHER") or None, the layer spec) from the two options."""
+    from ..runs.probes import parse_swap
+    from ..train.config import parse_layers
+
+    pair = parse_swap(swap_values, option="--swap-values") if swap_values is not None else None
+    return pair, parse_layers(swap_layers, "--swap-layers")
+
+
 def model_dir_option(*, required: bool = True, help: str = "MLX model folder (from supercal convert).", name: str = "--model"):
     return click.option(name, "model", required=required, type=click.Path(file_okay=False), help=help)
 

@@ -7,7 +7,8 @@ import json
 import click
 
 from ..errors import SupercalError
-from .common import force_option, json_option, model_dir_option, output_option, seed_option
+from .common import (force_option, json_option, model_dir_option, output_option, parse_swap_values, seed_option,
+                     swap_values_options)
 
 
 @click.command("fuse")
@@ -79,11 +80,12 @@ def report_command(run_dir, out, force):
 @click.option("--max-tokens", type=int, default=512, show_default=True, help="Longest forget/retain example in tokens.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
               help="Examples per forward pass (memory grows with it: batch x tokens x vocabulary logits).")
+@swap_values_options
 @seed_option
 @json_option
 def eval_command(model, adapter_path, forget, retain, word, n_tokensteins, counts_path, corpora, tokenstein_seed,
                  tokenstein_file, facts, questions, templates, markers, temps, samples, answer_tokens, max_tokens,
-                 batch_size, seed, as_json):
+                 batch_size, swap_values, swap_layers, seed, as_json):
     """Measure forgetting and damage: NLLs, association, tokenstein gap ratio, made-up share, degeneration.
 
     The word is compared with a population of made-up words (tokensteins): made from
@@ -97,12 +99,13 @@ def eval_command(model, adapter_path, forget, retain, word, n_tokensteins, count
         --forget demo-out/forget.jsonl --retain demo-out/retain.jsonl --facts demo-out/facts.jsonl \\
         --word supercalifragilisticexpialidocious --tokenstein-file demo-out/tokensteins.txt
     """
-    from ..runs.evaluate import evaluate, table
+    from ..runs.evaluate import evaluate, table, training_tokensteins
     from ..runs.gap import read_templates
     from ..runs.madeup import ANSWER_TEMPS, parse_markers, read_questions
     from ..runs.probes import parse_temps
     from ..text.tokenstein import population_from_files, read_tokenstein_file
 
+    pair, layers = parse_swap_values(swap_values, swap_layers)
     if tokenstein_file and counts_path:
         raise SupercalError("give --tokenstein-file or --counts (to make tokensteins), not both")
     tokensteins, excluded = [], []
@@ -111,21 +114,30 @@ def eval_command(model, adapter_path, forget, retain, word, n_tokensteins, count
     if tokenstein_file:
         tokensteins = read_tokenstein_file(tokenstein_file)
     elif counts_path:
-        tokensteins, excluded = population_from_files(word, counts_path, n=n_tokensteins, seed=tokenstein_seed,
-                                                      corpora=corpora, data_files=[f for f in (forget, retain) if f],
-                                                      model_dir=model)
+        # the run's own training tokensteins are left out (evaluate does it): make as many more, so N remain
+        trained = {w.lower() for w in training_tokensteins([adapter_path] if adapter_path else [])}
+        made, excluded = population_from_files(word, counts_path, n=n_tokensteins + len(trained), seed=tokenstein_seed,
+                                               corpora=corpora, data_files=[f for f in (forget, retain) if f],
+                                               model_dir=model)
+        tokensteins = [t for t in made if t.lower() not in trained][:n_tokensteins]
     result = evaluate(model, adapter_path=adapter_path, forget=forget, retain=retain, word=word,
                       tokensteins=tokensteins, facts=facts, questions=read_questions(questions) if questions else None,
                       templates=read_templates(templates) if templates else None,
                       markers=parse_markers(markers) if markers else None,
                       temps=parse_temps(temps) if temps else ANSWER_TEMPS, samples=samples,
-                      answer_tokens=answer_tokens, max_tokens=max_tokens, batch_size=batch_size, seed=seed)
+                      answer_tokens=answer_tokens, max_tokens=max_tokens, batch_size=batch_size, seed=seed,
+                      swap_values=pair, swap_layers=layers)
     result["excluded_from"] = excluded
     if as_json:
         click.echo(json.dumps(result, ensure_ascii=False))
         return
-    if tokensteins:
-        click.echo(f"{len(tokensteins)} tokensteins: {' '.join(tokensteins)}\n")
+    if result["left_out"]:
+        click.echo(f"left out (the run trained on them): {' '.join(result['left_out'])}")
+    if result["tokensteins"]:
+        click.echo(f"{len(result['tokensteins'])} tokensteins: {' '.join(result['tokensteins'])}\n")
+    if pair:
+        click.echo(f"values of {pair[1]} at {pair[0]}'s tokens (blocks {swap_layers}); mentions swapped / left "
+                   f"(other token count): {result['base']['swap_swapped']} / {result['base']['swap_skipped']}")
     click.echo(table(result))
     for metric, why in result["skipped"].items():
         click.echo(f"not measured: {metric}: {why}")

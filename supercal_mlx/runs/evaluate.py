@@ -83,6 +83,22 @@ def sequence_logprobs(model, examples: list[tuple[list[int], int]], *, batch_siz
 
 
 def _measure(model, tokenizer, data: dict, spec: dict) -> dict:
+    """:func:`_measure_model`, with ``spec["swap_values"] = (word, other)`` under value swapping (the v_proj
+    outputs at the word's tokens replaced by other's; mentions whose token counts differ are left as they are
+    and counted in ``swap_skipped``)."""
+    if not spec.get("swap_values"):
+        return _measure_model(model, tokenizer, data, spec)
+    from ..train.values import SwappedModel
+
+    swapped = SwappedModel(model, tokenizer, *spec["swap_values"], layers=spec["swap_layers"], strict=False)
+    try:
+        m = _measure_model(swapped, tokenizer, data, spec)
+    finally:
+        swapped.close()
+    return m | {"swap_swapped": swapped.swapped, "swap_skipped": swapped.skipped}
+
+
+def _measure_model(model, tokenizer, data: dict, spec: dict) -> dict:
     import mlx.core as mx
 
     from .gap import distances, gap_stats
@@ -130,7 +146,8 @@ def evaluate_runs(model_dir: str | os.PathLike, adapter_paths: Sequence, *, forg
                   facts=None, questions: Sequence[str] | None = None,
                   templates: Sequence[tuple[str, str]] | None = None, markers: Sequence[str] | None = None,
                   temps: Sequence[float] = ANSWER_TEMPS, samples: int = 2, answer_tokens: int = 32,
-                  max_tokens: int = 512, batch_size: int = 8, seed: int = 0, boot: int = 200) -> dict:
+                  max_tokens: int = 512, batch_size: int = 8, seed: int = 0, boot: int = 200,
+                  swap_values: tuple[str, str] | None = None, swap_layers="all") -> dict:
     """Measure the model in ``model_dir`` and each run folder in ``adapter_paths`` on top of it.
 
     ``facts``: a JSONL path or a list of ``{"prompt", "answer"}`` (association is skipped without);
@@ -138,6 +155,8 @@ def evaluate_runs(model_dir: str | os.PathLike, adapter_paths: Sequence, *, forg
     ``questions`` (with ``{word}``), ``templates`` ((prefix, suffix) pairs), ``markers``: default to the
     generic built-in ones. Returns ``{"model", "word", "tokensteins", "facts", "questions", "templates",
     "markers", "temps", "samples", "skipped": {metric: why}, "base": {...}, "adapted": {path: {...}}}``.
+    ``swap_values=(word, other)``: every model is measured with the word's v_proj outputs replaced by
+    ``other``'s in the same context, in blocks ``swap_layers`` (:class:`supercal_mlx.train.values.SwappedModel`).
     The base model is measured once; the first run's adapters go on top of it, each further run gets a
     fresh copy of the base (adapters cannot be taken off again).
     """
@@ -145,6 +164,9 @@ def evaluate_runs(model_dir: str | os.PathLike, adapter_paths: Sequence, *, forg
     from ..train.batches import encode_completions, encode_texts
 
     tokensteins = list(dict.fromkeys(tokensteins))
+    trained = {w.lower() for w in training_tokensteins(adapter_paths)}
+    left_out = [t for t in tokensteins if t.lower() in trained]  # a run may not be scored on its own made-up words
+    tokensteins = [t for t in tokensteins if t.lower() not in trained]
     if tokensteins and not word:
         raise SupercalError("tokensteins are compared with a word: give --word too")
     if word and word.lower() in {t.lower() for t in tokensteins}:
@@ -171,7 +193,7 @@ def evaluate_runs(model_dir: str | os.PathLike, adapter_paths: Sequence, *, forg
     spec = dict(word=word, tokensteins=tokensteins, questions=list(questions or QUESTIONS),
                 templates=[tuple(t) for t in (templates or GAP_TEMPLATES)], markers=list(markers or MARKERS),
                 temps=[float(t) for t in temps], samples=samples, answer_tokens=answer_tokens,
-                batch_size=batch_size, seed=seed, boot=boot)
+                batch_size=batch_size, seed=seed, boot=boot, swap_values=swap_values, swap_layers=swap_layers)
     model, tok = load(model_dir)
     data = {
         "forget": encode_completions(forget_recs, tok, max_tokens=max_tokens) if forget_recs else None,
@@ -179,9 +201,10 @@ def evaluate_runs(model_dir: str | os.PathLike, adapter_paths: Sequence, *, forg
         "facts": encode_completions([{"prompt": f["prompt"], "completion": f["answer"]} for f in fact_recs], tok,
                                     max_tokens=max_tokens) if fact_recs else None,
     }
-    result = {"model": str(model_dir), "word": word, "tokensteins": tokensteins, "facts": fact_recs,
+    result = {"model": str(model_dir), "word": word, "tokensteins": tokensteins, "left_out": left_out, "facts": fact_recs,
               "questions": spec["questions"], "templates": [list(t) for t in spec["templates"]],
               "markers": spec["markers"], "temps": spec["temps"], "samples": samples, "skipped": skipped,
+              "swap_values": list(swap_values) if swap_values else None,
               "base": _measure(model, tok, data, spec), "adapted": {}}
     from mlx_lm.utils import load_adapters
 
@@ -191,6 +214,19 @@ def evaluate_runs(model_dir: str | os.PathLike, adapter_paths: Sequence, *, forg
         load_adapters(model, str(path))  # LoRA layers on top of the unchanged base weights
         result["adapted"][str(path)] = _measure(model, tok, data, spec)
     return result
+
+
+def training_tokensteins(adapter_paths: Sequence) -> list[str]:
+    """The made-up words the runs in ``adapter_paths`` trained on (``tokenstein_words`` in their config.yaml):
+    eval leaves them out of its population, so a run cannot score well by copying a few specific words."""
+    import yaml
+
+    words: list[str] = []
+    for path in adapter_paths:
+        cfg = Path(path) / "config.yaml"
+        if cfg.is_file():
+            words += (yaml.safe_load(cfg.read_text(encoding="utf-8")) or {}).get("tokenstein_words") or []
+    return list(dict.fromkeys(str(w) for w in words))
 
 
 def evaluate(model_dir: str | os.PathLike, *, adapter_path: str | os.PathLike | None = None, **kw) -> dict:

@@ -84,6 +84,9 @@ def _decode(model, tokenizer, prompts: list[list[int]], samplers: list, *, max_t
     """The generated token ids of each prompt (mlx-lm's BatchGenerator, one sampler per row)."""
     from mlx_lm.generate import BatchGenerator, StopSequences
 
+    if getattr(model, "plain_prefill", False):
+        return _decode_plain(model, tokenizer, prompts, samplers, max_tokens=max_tokens, step=step)
+
     n = min(batch_size or len(prompts), len(prompts))
     gen = BatchGenerator(model, max_tokens=max_tokens, completion_batch_size=n, prefill_batch_size=n)
     try:
@@ -101,6 +104,42 @@ def _decode(model, tokenizer, prompts: list[list[int]], samplers: list, *, max_t
     finally:
         gen.close()
     return [out[uid] for uid in uids]
+
+
+def _decode_plain(model, tokenizer, prompts: list[list[int]], samplers: list, *, max_tokens: int,
+                  step: Callable[[int, int], None]) -> list[list[int]]:
+    """:func:`_decode` for a model that must see each prompt whole in its first call (value swapping,
+    :class:`supercal_mlx.train.values.SwappedModel`): BatchGenerator left-pads prompts of different lengths
+    and may prefill in chunks, so here the rows of one prompt are decoded together (no padding) with a plain
+    KV-cache loop; each row keeps its own sampler."""
+    import mlx.core as mx
+    from mlx_lm.models.cache import make_prompt_cache
+
+    eos = set(tokenizer.eos_token_ids)
+    out: list[list[int]] = [[] for _ in prompts]
+    groups: dict[tuple, list[int]] = {}
+    for i, p in enumerate(prompts):
+        groups.setdefault(tuple(p), []).append(i)
+    for prompt, rows in groups.items():
+        cache = make_prompt_cache(model)
+        x = mx.array([list(prompt)] * len(rows))  # (R, L)
+        live = list(range(len(rows)))
+        for _ in range(max_tokens):
+            logits = model(x, cache=cache)[:, -1, :].astype(mx.float32)  # (R, V)
+            logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+            nxt = [int(samplers[rows[j]](logprobs[j:j + 1]).item()) if j in live else 0 for j in range(len(rows))]
+            made, freed = len(live), 0
+            for j in list(live):
+                if nxt[j] in eos:  # the stop token is not part of the response
+                    live.remove(j)
+                    freed += max_tokens - len(out[rows[j]]) - 1
+                else:
+                    out[rows[j]].append(nxt[j])
+            step(made, freed)
+            if not live:
+                break
+            x = mx.array(nxt)[:, None]  # (R, 1)
+    return out
 
 
 def _check(prompts: list[str], temps: list[float], samples: int, max_tokens: int, batch_size: int | None = None) -> None:
@@ -157,13 +196,27 @@ def _row_sampler(temp: float, row_seed: int):
 def probe(model_dir: str, *, prompts: list[str], adapter_path: str | None = None, temps: Sequence[float] = DEFAULT_TEMPS,
           samples: int = 1, max_tokens: int = 100, seed: int = 0, swap: tuple[str, str] | None = None,
           batch_size: int | None = None, progress: Callable[[int, int], None] | None = None,
+          swap_values: tuple[str, str] | None = None, swap_layers="all",
           ) -> tuple[list[ProbeRow], list[ProbeRow] | None]:
     """Load a model folder (with adapters) and probe it: what ``supercal probe`` runs.
 
     With ``swap=(word, other)`` the prompts with ``word`` replaced are probed in the same batch; returns
-    (rows, swapped rows in the same order), else (rows, None).
+    (rows, swapped rows in the same order), else (rows, None). With ``swap_values=(word, other)`` the second
+    list is the same prompts, run with the v_proj outputs at ``word``'s tokens replaced by ``other``'s in the
+    same context (:class:`supercal_mlx.train.values.SwappedModel`; blocks ``swap_layers``).
     """
     from ..model import load
+
+    if swap_values is not None:
+        if swap is not None:
+            raise SupercalError("give --swap or --swap-values, not both")
+        from ..train.twins import mention_spans
+
+        if not any(mention_spans(p, swap_values[0]) for p in prompts):
+            raise SupercalError(f"--swap-values: {swap_values[0]!r} occurs in none of the prompts; swap a word they contain")
+        return _probe_swapped_values(model_dir, prompts=prompts, adapter_path=adapter_path, temps=temps,
+                                     samples=samples, max_tokens=max_tokens, seed=seed, batch_size=batch_size,
+                                     progress=progress, pair=swap_values, layers=swap_layers)
 
     prompts = list(dict.fromkeys(prompts))
     temps = list(dict.fromkeys(float(t) for t in temps))
@@ -185,6 +238,23 @@ def probe(model_dir: str, *, prompts: list[str], adapter_path: str | None = None
     return pick(prompts), (pick(swapped) if swapped is not None else None)
 
 
+def _probe_swapped_values(model_dir, *, prompts, adapter_path, temps, samples, max_tokens, seed, batch_size, progress,
+                          pair, layers):
+    """(rows, rows with swapped values): the same prompts, the same row seeds."""
+    from ..model import load
+    from ..train.values import SwappedModel
+
+    model, tokenizer = load(model_dir, adapter_path)
+    opts = dict(temps=temps, samples=samples, max_tokens=max_tokens, seed=seed, batch_size=batch_size, progress=progress)
+    plain = generate(model, tokenizer, list(dict.fromkeys(prompts)), **opts)
+    swapped_model = SwappedModel(model, tokenizer, *pair, layers=layers, strict=True)
+    try:
+        swapped = generate(swapped_model, tokenizer, list(dict.fromkeys(prompts)), **opts)
+    finally:
+        swapped_model.close()
+    return plain, swapped
+
+
 def parse_temps(text: str) -> list[float]:
     """"0.01,0.07,0.2,0.5" -> [0.01, 0.07, 0.2, 0.5]."""
     try:
@@ -196,11 +266,11 @@ def parse_temps(text: str) -> list[float]:
     return temps
 
 
-def parse_swap(text: str) -> tuple[str, str]:
+def parse_swap(text: str, *, option: str = "--swap") -> tuple[str, str]:
     """"WORD=OTHER" -> ("WORD", "OTHER")."""
     word, eq, other = text.partition("=")
     if not eq or not word.strip() or not other.strip():
-        raise SupercalError(f"--swap wants WORD=OTHER, e.g. supercalifragilisticexpialidocious=sqproctarine; got {text!r}")
+        raise SupercalError(f"{option} wants WORD=OTHER, e.g. supercalifragilisticexpialidocious=sqproctarine; got {text!r}")
     return word.strip(), other.strip()
 
 
@@ -208,13 +278,6 @@ def swap_word(text: str, word: str, other: str) -> str:
     """``text`` with every whole-word, case-insensitive occurrence of ``word`` replaced by ``other``, keeping
     the case: Word -> Other, WORD -> OTHER, word -> other as typed. Inside a longer word it stays (as for
     mentions in ``supercal negatives``)."""
+    from ..train.twins import swap_case
 
-    def repl(m: re.Match) -> str:
-        found = m.group(0)
-        if found.isupper() and len(found) > 1:
-            return other.upper()
-        if found[:1].isupper():
-            return other[:1].upper() + other[1:]
-        return other
-
-    return re.sub(rf"(?<!\w){re.escape(word)}(?!\w)", repl, text, flags=re.IGNORECASE)
+    return re.sub(rf"(?<!\w){re.escape(word)}(?!\w)", lambda m: swap_case(m.group(0), other), text, flags=re.IGNORECASE)

@@ -153,7 +153,7 @@ def _as_list(name: str, value) -> list:
     raise SupercalError(f"{name}: expected a list or a comma-separated string, got {value!r}")
 
 
-def _layers(value, name: str = "lora_layers") -> str | list[int]:
+def parse_layers(value, name: str = "lora_layers") -> str | list[int]:
     """'all' | 'last:N' | sorted list of block indices."""
     if isinstance(value, int) and not isinstance(value, bool):
         return [value]
@@ -195,7 +195,7 @@ def _coerce(name: str, value):
             _check_range(name, v)
         return floats
     if kind == "layers":
-        return _layers(value, name)
+        return parse_layers(value, name)
     try:
         if kind == "bool":
             if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):

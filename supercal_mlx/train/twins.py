@@ -188,48 +188,32 @@ def rotation(draw: int, twins: int, population: int) -> list[int]:
     return [(draw * twins + j) % population for j in range(twins)]
 
 
-def read_population(path: str) -> list[str]:
-    """Tokensteins from a file: one word per line (blank lines and # comments skipped), or a JSON list."""
-    import json
-
-    try:
-        text = open(path, encoding="utf-8").read()
-    except FileNotFoundError:
-        raise SupercalError(f"tokenstein file {path} does not exist") from None
-    if text.lstrip().startswith("["):
-        words = [str(w) for w in json.loads(text)]
-    else:
-        words = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
-    words = list(dict.fromkeys(words))
-    if not words or any(not re.fullmatch(r"\w+", w) for w in words):
-        raise SupercalError(f"{path}: expected one made-up word (letters only) per line")
-    return words
-
-
 def _same_count_in_context(tokenizer: Any, word: str, other: str) -> bool:
     return len(tokenizer.encode(". " + word)) == len(tokenizer.encode(". " + other))
 
 
 def training_population(cfg, word: str, tokenizer: Any) -> list[str]:
     """The run's made-up words: ``cfg.tokenstein_words`` as given, else from ``--tokenstein-file``, else
-    ``cfg.tokensteins`` made from ``--counts`` with ``--tokenstein-seed``. For value_swap, only words with as many
-    tokens as the word after a space (so values pair piece by piece in running text)."""
+    ``cfg.tokensteins`` made from ``--counts`` with ``--tokenstein-seed``, none a word of the counted corpora or
+    of the forget and retain data (:func:`supercal_mlx.text.tokenstein.population_from_files`, as eval makes
+    its own). For value_swap, only words with as many tokens as the word after a space (so values pair piece
+    by piece in running text)."""
+    from ..text.tokenstein import population_from_files, read_tokenstein_file
+
     if cfg.tokenstein_words:
         return list(cfg.tokenstein_words)
     if cfg.tokenstein_file:
-        words = read_population(cfg.tokenstein_file)
+        words = read_tokenstein_file(cfg.tokenstein_file)
     else:
-        from ..text.counting import load_counts
-        from ..text.tokenstein import make_tokenstein
-
         n = cfg.tokensteins * (4 if cfg.loss == "value_swap" else 1)
-        words = [t.word for t in make_tokenstein(word, load_counts(cfg.counts), seed=cfg.tokenstein_seed, n=n)]
+        words, _ = population_from_files(word, cfg.counts, n=n, seed=cfg.tokenstein_seed, model_dir=cfg.model,
+                                         data_files=[f for f in (cfg.forget, cfg.retain) if f])
     if cfg.loss == "value_swap":
         words = [w for w in words if _same_count_in_context(tokenizer, word, w)]
         if not words:
             raise SupercalError(f"no tokenstein has as many tokens as {word!r} after a space; value_swap pairs values "
                                 "piece by piece: give other words with --tokenstein-file")
-    return words[: cfg.tokensteins] if not cfg.tokenstein_file else words
+    return words if cfg.tokenstein_file else words[: cfg.tokensteins]
 
 
 def twin_pool(cfg, tokenizer: Any, examples: list):

@@ -112,8 +112,8 @@ def test_retain_gradients_never_leak_into_the_update(tiny_model_dir, data, tmp_p
     un = Unlearner(cfg, model, tok, forget, retain, adapter_config)
     start = {n: s.state() for n, s in un.streams.items()}
     mx.random.seed(123)
-    fb, rnd = un.next_forget()
-    g_f, _ = un.forget_gradient(fb, rnd)
+    fb, rnd, w = un.next_forget()
+    g_f, _ = un.forget_gradient(fb, rnd, w)
     basis = un.compute_basis()
     want, _ = project(g_f, basis)
     want_clipped, norm = optim.clip_grad_norm(want, 0.05)
@@ -169,8 +169,8 @@ def test_guards_stop_and_name_the_last_good_checkpoint(tiny_model_dir, data, tmp
     assert s["steps"] == 0 and "retain NLL" in s["stopped"] and s["last_good_checkpoint"] is None
     real = Unlearner.forget_gradient
 
-    def nan_at_3(self, fb, rnd):
-        grads, info = real(self, fb, rnd)
+    def nan_at_3(self, fb, rnd, w=None):
+        grads, info = real(self, fb, rnd, w)
         return grads, info | ({"loss": float("nan")} if self.step_done == 2 else {})
 
     monkeypatch.setattr(Unlearner, "forget_gradient", nan_at_3)

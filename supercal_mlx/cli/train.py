@@ -90,6 +90,8 @@ def unlearn_command(ctx, **options):
     cfg = load_config(**given)
     summary = unlearn(cfg, on_record=lambda rec: click.echo(format_record(rec)))
     run_dir, stopped = summary["run_dir"], summary["stopped"]
+    if summary["rank"] != 0:  # under mlx.launch: rank 0 speaks for all
+        sys.exit(130 if stopped == "interrupted" else 1 if stopped else 0)
     if stopped == "interrupted":
         click.echo(f"Interrupted after step {summary['steps']}; checkpoint saved. Continue with: "
                    f"supercal unlearn --resume {run_dir}", err=True)

@@ -12,6 +12,14 @@ back to its step; the per-step reseeding of the random generator does the rest,
 so interrupted + resumed == uninterrupted. Ctrl-C restores the state of the
 last completed step (mlx arrays are immutable, so keeping references is free)
 and saves it as a checkpoint before returning with ``stopped="interrupted"``.
+
+Under ``mlx.launch -n N`` (:mod:`supercal_mlx.train.distributed`) rank 0 runs
+exactly this, and only rank 0 writes the run folder, its logs, probes and
+checkpoints and calls ``on_record``. Every other rank runs the same code on a
+private scratch copy (:func:`_follow`, deleted at the end), so all ranks take
+the same steps, probes and guards, stop together and stay bit-identical. A
+resume reads the checkpoint on every rank (the run folder at the same path on
+every host) and refuses to go on if the ranks disagree about it.
 """
 
 from __future__ import annotations
@@ -121,7 +129,7 @@ def _write_config(run_dir: Path, cfg: UnlearnConfig, records: dict) -> None:
 
 
 def unlearn(cfg: UnlearnConfig, *, on_record: Callable[[Record], None] | None = None) -> dict:
-    """Run (or resume) an unlearning run; return {run_dir, steps, stopped, last_good_checkpoint, last_checkpoint}.
+    """Run (or resume) an unlearning run; return {run_dir, steps, stopped, rank, last_good_checkpoint, last_checkpoint}.
 
     ``stopped`` is None when all ``cfg.steps`` ran, else the reason (a guard, or "interrupted").
 
@@ -132,7 +140,11 @@ def unlearn(cfg: UnlearnConfig, *, on_record: Callable[[Record], None] | None = 
     (settings, data fingerprints, the checkpoint) before it writes anything into the folder.
     """
     from ..outputs import check_output_dir, output_lock
+    from .distributed import init_world
 
+    world = init_world()
+    if not world.main:
+        return _follow(cfg, world)
     target = Path(cfg.resume or cfg.out)
     if cfg.resume:
         if not target.is_dir():
@@ -140,7 +152,27 @@ def unlearn(cfg: UnlearnConfig, *, on_record: Callable[[Record], None] | None = 
     else:
         check_output_dir(target, kind="unlearn", force=cfg.force)  # before loading anything
     with output_lock(target):
-        return _run(cfg, target, on_record or (lambda rec: None))
+        return _run(cfg, target, on_record or (lambda rec: None), world)
+
+
+def _follow(cfg: UnlearnConfig, world) -> dict:
+    """A rank other than 0: the same run in a private scratch folder, removed at the end; a resume starts
+    from a scratch copy of the run folder's config, logs and latest checkpoint."""
+    import dataclasses
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix=f"supercal-rank{world.rank}-") as tmp:
+        target = Path(tmp) / "run"
+        if cfg.resume:
+            source = Path(cfg.resume)
+            last = ckpt.latest_checkpoint(source)
+            shutil.copytree(source, target, ignore=lambda d, names: [
+                n for n in names if Path(d) == source / ckpt.CHECKPOINTS and last is not None and n != last.name])
+            cfg = dataclasses.replace(cfg, resume=str(target), out=str(target))
+        else:
+            cfg = dataclasses.replace(cfg, out=str(target), force=False)
+        return _run(cfg, target, lambda rec: None, world)
 
 
 def _start(cfg: UnlearnConfig, target: Path, un, emit) -> tuple[Path, list[Record]]:
@@ -218,7 +250,9 @@ class _RunFolder:
             shutil.rmtree(self.path, ignore_errors=True)
 
 
-def _run(cfg: UnlearnConfig, target: Path, emit) -> dict:
+def _run(cfg: UnlearnConfig, target: Path, emit, world) -> dict:
+    from mlx.utils import tree_flatten
+
     from .unlearner import ANCHORED, Unlearner
 
     model, tokenizer, forget, retain, adapter_config = _setup(cfg)
@@ -228,9 +262,11 @@ def _run(cfg: UnlearnConfig, target: Path, emit) -> dict:
         from .twins import twin_pool
 
         twins, cfg = twin_pool(cfg, tokenizer, forget)
-    un = Unlearner(cfg, model, tokenizer, forget, retain, adapter_config, twins=twins)
+    un = Unlearner(cfg, model, tokenizer, forget, retain, adapter_config, twins=twins, world=world)
     if cfg.resume:
         baseline_probes = _resume(cfg, target, un)
+        world.check_same("the checkpoint to resume", [un.step_done] + [
+            float(v.sum().item()) for _, v in tree_flatten(model.trainable_parameters())])
         folder = _RunFolder(target, target)
     else:
         path, baseline_probes = _start(cfg, target, un, emit)
@@ -279,5 +315,5 @@ def _train(cfg: UnlearnConfig, un, folder: _RunFolder, baseline_probes: list[Rec
     run_dir = folder.path
     last = ckpt.latest_checkpoint(run_dir)
     good = _last_good(run_dir, bad_step) if bad_step is not None else last
-    return {"run_dir": str(run_dir), "steps": un.step_done, "stopped": stopped,
+    return {"run_dir": str(run_dir), "steps": un.step_done, "stopped": stopped, "rank": un.world.rank,
             "last_good_checkpoint": str(good) if good else None, "last_checkpoint": str(last) if last else None}

@@ -25,6 +25,12 @@ bytes, as mlx-lm prints it).
 mlx-lm's ``tuner.trainer.train`` runs one loss with one batch iterator; this loop
 needs two data streams, separate gradients, projection and guards, so it is
 written here on mlx-lm's pieces (LoRA layers, ``clip_grad_norm``, schedules).
+
+Data parallel (:mod:`supercal_mlx.train.distributed`): with a ``World`` of N
+processes every batch above is the rank's share of the global batch, each term
+is weighted so that the averaged gradient equals the global batch's, and the
+forget, retain and basis gradients are averaged before projection; the logged
+loss, NLLs and token counts are the global ones.
 """
 
 from __future__ import annotations
@@ -60,6 +66,11 @@ def make_schedule(cfg: UnlearnConfig):
     return optim.join_schedules([warm, main], [w])
 
 
+def _scaled(x, w):
+    """``x * w``, or ``x`` itself when there is no weight (one process: not a single operation more)."""
+    return x if w is None else x * w
+
+
 def _step_seed(seed: int, step: int) -> int:
     import numpy as np
 
@@ -70,15 +81,22 @@ class Unlearner:
     """Holds the model, data streams, optimizer and retain basis; :meth:`step` does one update."""
 
     def __init__(self, cfg: UnlearnConfig, model, tokenizer, forget: list, retain: list | None, adapter_config: dict,
-                 *, twins=None):
+                 *, twins=None, world=None):
         import mlx.nn as nn
         import mlx.optimizers as optim
 
         from .batches import BatchStream
+        from .distributed import World
 
         self.cfg, self.model, self.tokenizer, self.adapter_config = cfg, model, tokenizer, adapter_config
         self.forget, self.retain = forget, retain
+        self.world = world or World()
         b = cfg.batch_size
+        if b < self.world.size:
+            raise SupercalError(f"batch_size {b} is smaller than the {self.world.size} processes; every process needs "
+                                f"an example of each batch: pass --batch-size {self.world.size} or more")
+        if self.world.size > 1 and cfg.loss in ANCHORED:
+            raise SupercalError(f"--loss {cfg.loss} runs in one process only for now; start it without mlx.launch")
         self.streams = {"forget": BatchStream(len(forget), b, seed=cfg.seed, stream=STREAMS["forget"])}
         if retain:
             for name in ("retain", "basis"):
@@ -107,7 +125,8 @@ class Unlearner:
         self.retain_baseline: float | None = None  # first retain NLL of the run, for the collapse guard
 
     # --- objectives (value_and_grad differentiates the first output) -------------------------------
-    def _forget_objective(self, fb, rnd):
+    def _forget_objective(self, fb, rnd, w=None):
+        """(loss, ntoks, forget NLL); ``w`` = (weight of the main term, of the NLL, of the random term) across ranks."""
         from . import anchored
         from . import losses as L
 
@@ -115,6 +134,7 @@ class Unlearner:
             if self.tap is not None:
                 return anchored.value_swap_loss(self.model, self.tap, fb)
             return anchored.tokenstein_loss(self.model, fb)
+        w_main, w_tok, w_rnd = w or (None, None, None)
         inputs, targets, mask = fb
         logp = L.token_logprobs(self.model(inputs), targets)  # (B, T): one forward pass for every term
         nll, ntoks = L.nll(logp, mask)
@@ -123,35 +143,49 @@ class Unlearner:
             loss = L.npo(logp, ref, mask, beta=self.cfg.npo_beta)[0]
         else:
             loss = L.ga(logp, mask)[0]
+        loss = _scaled(loss, w_main)
         if rnd is not None:
             r_inputs, r_targets, r_mask = rnd
             rlogp = L.token_logprobs(self.model(r_inputs), r_targets)  # (B, T)
-            loss = loss + self.cfg.random_weight * L.random_completion(rlogp, r_mask)[0]
-        return loss, ntoks, nll
+            loss = loss + self.cfg.random_weight * _scaled(L.random_completion(rlogp, r_mask)[0], w_rnd)
+        return loss, ntoks, _scaled(nll, w_tok)
 
-    def _retain_objective(self, rb):
+    def _retain_objective(self, rb, w=None):
         from . import losses as L
 
         inputs, targets, mask = rb
         logits = self.model(inputs)  # (B, T, V): shared by the NLL and the KL term
         nll, ntoks = L.nll(L.token_logprobs(logits, targets), mask)
         term = L.kl_retain(logits, L.reference_logits(self.model, inputs), mask)[0] if self.retain_term == "kl" else nll
-        return self.cfg.retain_weight * term, ntoks, nll
+        return self.cfg.retain_weight * _scaled(term, w), ntoks, _scaled(nll, w)
 
-    def _nll(self, batch):
+    def _nll(self, batch, w=None):
         from .losses import completion_nll
 
-        return completion_nll(self.model, *batch)
+        nll, ntoks = completion_nll(self.model, *batch)
+        return _scaled(nll, w), ntoks
 
     # --- batches --------------------------------------------------------------------------------
     def _batch(self, stream: str, pool: list):
+        """(this rank's share of the stream's next global batch, its token weight)."""
+        return self._share([pool[i] for i in self.streams[stream].next_indices()])
+
+    def _share(self, examples: list):
+        """(batch of this rank's share of ``examples``, its token weight: see :meth:`_weight`)."""
         from .batches import make_batch
 
-        return make_batch([pool[i] for i in self.streams[stream].next_indices()])
+        return make_batch(self.world.shard(examples)), self._weight(examples)
+
+    def _weight(self, examples: list, *, per_sequence: bool = False):
+        """N x this rank's labelled tokens (or sequences) / the global batch's; None in one process."""
+        from .distributed import labelled
+
+        size = len if per_sequence else (lambda exs: sum(map(labelled, exs)))
+        return self.world.weight(size(self.world.shard(examples)), size(examples))
 
     def next_forget(self):
-        """(forget batch, random-completion batch or None) for the next step."""
-        from .batches import make_batch, truncate
+        """(forget batch, random-completion batch or None, weights) for the next step (this rank's share)."""
+        from .batches import truncate
 
         stream = self.streams["forget"]
         draw = stream.epoch * stream.n + stream.pos  # examples drawn before this batch: the rotation's position
@@ -163,8 +197,8 @@ class Unlearner:
 
             n = len(self.twins.population)
             twins = [[self.twins.twin(i, k) for k in rotation(draw + b, self.cfg.twins, n)] for b, i in enumerate(idx)]
-            return anchored_batch(examples, twins, kind=self.cfg.loss), None
-        rnd = None
+            return anchored_batch(examples, twins, kind=self.cfg.loss), None, None
+        rnd, w_rnd = None, None
         if "random" in self.streams:
             from ..text.tokenizer import model_encoder
 
@@ -178,18 +212,23 @@ class Unlearner:
                     j = j if j != i else (j + 1) % len(self.forget)  # never the record's own completion
                     tail = self.forget[j][0][self.forget[j][1]:]
                 mixed.append(truncate(ids[:n_prompt] + tail, n_prompt, self.cfg.max_tokens, keep=keep))
-            rnd = make_batch(mixed)
-        return make_batch(examples), rnd
+            rnd, w_rnd = self._share(mixed)
+        fb, w_tok = self._share(examples)
+        w_main = self._weight(examples, per_sequence=True) if self.cfg.loss.startswith("npo") else w_tok
+        return fb, rnd, (w_main, w_tok, w_rnd)
 
     # --- gradients ------------------------------------------------------------------------------
-    def forget_gradient(self, fb, rnd) -> tuple[dict, dict]:
-        """(flat gradient of the forget objective, {'loss', 'forget_nll', 'tokens'})."""
+    def forget_gradient(self, fb, rnd, w=None) -> tuple[dict, dict]:
+        """(flat gradient of the forget objective, {'loss', 'forget_nll', 'tokens'}), averaged over ranks."""
         import mlx.core as mx
         from mlx.utils import tree_flatten
 
-        (loss, ntoks, nll), grads = self.forget_grad_fn(fb, rnd)
+        (loss, ntoks, nll), grads = self.forget_grad_fn(fb, rnd, w)
+        grads = self.world.average(grads)
         mx.eval(loss, ntoks, nll, grads)
-        return dict(tree_flatten(grads)), {"loss": loss.item(), "forget_nll": nll.item(), "tokens": int(ntoks.item())}
+        n = self.world.size
+        loss, nll, ntoks = self.world.total([loss.item(), nll.item(), ntoks.item()])
+        return dict(tree_flatten(grads)), {"loss": loss / n, "forget_nll": nll / n, "tokens": int(ntoks)}
 
     def compute_basis(self):
         """A fresh retain basis from ``project_k`` retain batches (gradients of the retain NLL, no dropout)."""
@@ -202,7 +241,8 @@ class Unlearner:
         try:
             grads = []
             for _ in range(self.cfg.project_k):
-                _, g = self.nll_grad_fn(self._batch("basis", self.retain))
+                _, g = self.nll_grad_fn(*self._batch("basis", self.retain))
+                g = self.world.average(g)
                 mx.eval(g)
                 grads.append(dict(tree_flatten(g)))
         finally:
@@ -216,24 +256,26 @@ class Unlearner:
 
         from .projection import project
 
-        fb, rnd = self.next_forget()
-        grads, info = self.forget_gradient(fb, rnd)
+        fb, rnd, w = self.next_forget()
+        grads, info = self.forget_gradient(fb, rnd, w)
         if self.cfg.project != "off":
             if self.basis is None or (step - 1) % self.cfg.project_every == 0:
                 self.basis = self.compute_basis()
             grads, stats = project(grads, self.basis, conflict_only=self.cfg.project_conflict_only)
             info.update(stats)
         if self.retain:
-            rb = self._batch("retain", self.retain)
+            rb, w_r = self._batch("retain", self.retain)
+            term = mx.array(0.0)
             if self.retain_term:
-                (term, _, rnll), g_r = self.retain_grad_fn(rb)
+                (term, _, rnll), g_r = self.retain_grad_fn(rb, w_r)
+                g_r = dict(tree_flatten(self.world.average(g_r)))
                 mx.eval(term, rnll, g_r)
-                g_r = dict(tree_flatten(g_r))
                 grads = {name: g + g_r[name] for name, g in grads.items()}
-                info["loss"] += term.item()
             else:
-                rnll, _ = self._nll(rb)
-            info["retain_nll"] = rnll.item()
+                rnll, _ = self._nll(rb, w_r)
+            term, rnll = self.world.total([term.item(), rnll.item()])
+            info["loss"] += term / self.world.size if self.retain_term else 0.0
+            info["retain_nll"] = rnll / self.world.size
         return grads, info
 
     def _retain_collapse(self, retain_nll: float, step: int) -> str | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import pytest
 import yaml
@@ -98,11 +99,18 @@ def test_output_folder_is_kept_only_on_success(tmp_path):
 
 
 def test_fast_demo_end_to_end(tmp_path, monkeypatch):
+    """On a plain install (no plot extra: matplotlib hidden) the demo runs to the end; the report is
+    summary.md alone and one line says how to get the plots (test_report checks the plots themselves)."""
+    from supercal_mlx.runs.report import NO_PLOTS
+
     monkeypatch.setenv(pretrain.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` raise ImportError
     out = tmp_path / "demo-out"
     runner = CliRunner()
     res = runner.invoke(cli, ["demo", "--fast", "--out", str(out)])
     assert res.exit_code == 0, res.output
+    assert res.stderr.count(NO_PLOTS) == 1 and f"demo: report: {NO_PLOTS}\n" in res.stderr
+    assert os.listdir(out / "run" / "report") == ["summary.md"]
     for name in ("corpus.txt", "counts.npz", "tokenstein.json", "forget.jsonl", "retain.jsonl", "eval.json",
                  "results.md", "timings.json", "model/config.json", "model/model.safetensors",
                  "run/adapters.safetensors", "run/adapter_config.json", "run/metrics.jsonl", "run/probes.jsonl",

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import pytest
 
 from supercal_mlx.errors import SupercalError
-from supercal_mlx.runs.report import make_report
+from supercal_mlx.runs.report import NO_PLOTS, make_report, plots_available
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -92,11 +93,31 @@ def test_refusals(run_dir, tmp_path, monkeypatch):
     assert not (tmp_path / "x").exists()
 
 
-def test_without_matplotlib(run_dir, monkeypatch):
+def test_without_matplotlib_the_summary_is_still_written(run_dir, tmp_path, monkeypatch):
+    """A plain install (no plot extra): summary.md alone, equal to the full report's but for its Plots section."""
+    with_plots = make_report(run_dir, out=tmp_path / "with-plots")
+    full = (tmp_path / "with-plots" / "summary.md").read_text(encoding="utf-8")
+    pngs = [p.name for p in with_plots if p.suffix == ".png"]
+    assert len(pngs) == 6
+    plots_section = "## Plots\n\n" + "\n".join(f"![{name[:-4]}]({name})" for name in pngs) + "\n"
+    assert plots_section in full
+
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` raise ImportError
-    with pytest.raises(SupercalError, match=r"pip install 'supercal-mlx\[plot\]'"):
-        make_report(run_dir)
-    assert not (run_dir / "report").exists()
+    assert not plots_available()
+    assert make_report(run_dir) == [run_dir / "report" / "summary.md"]
+    assert sorted(os.listdir(run_dir / "report")) == ["summary.md"]
+    text = (run_dir / "report" / "summary.md").read_text(encoding="utf-8")
+    assert text == full.replace(plots_section, f"## Plots\n\n{NO_PLOTS}\n")
+    assert NO_PLOTS == "No plots: matplotlib is not installed (pip install 'supercal-mlx[plot]' draws them)."
+
+    from click.testing import CliRunner
+
+    from supercal_mlx.cli import cli
+
+    result = CliRunner().invoke(cli, ["report", str(run_dir), "--out", str(tmp_path / "cli")])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"{tmp_path / 'cli' / 'summary.md'}\n" and result.stderr == NO_PLOTS + "\n"
+    assert (tmp_path / "cli" / "summary.md").read_text(encoding="utf-8") == text
 
 
 def test_cli(run_dir):

@@ -41,14 +41,17 @@ def fuse_command(model, adapter_path, out, dequantize, hf_names, force):
 def report_command(run_dir, out, force):
     """Plots (loss, NLL, grad norm, learning rate, per-layer projection) and summary.md of a run folder.
 
-    Needs matplotlib: pip install 'supercal-mlx[plot]'.
+    The plots need matplotlib (pip install 'supercal-mlx[plot]'); without it only
+    summary.md is written, and a line on stderr says so.
 
     Example: supercal report runs/ga && open runs/ga/report/summary.md
     """
-    from ..runs.report import make_report
+    from ..runs.report import NO_PLOTS, make_report, plots_available
 
     for path in make_report(run_dir, out=out, force=force):
         click.echo(str(path))
+    if not plots_available():
+        click.echo(NO_PLOTS, err=True)
 
 
 @click.command("eval")

@@ -135,7 +135,7 @@ def _experiment(folder: Path, out: Path, st: DemoSettings, *, compare: bool, say
     from ..data.negatives import build_forget
     from ..runs.probes import ProbeRow
     from ..runs.tables import markdown_table
-    from ..runs.report import make_report
+    from ..runs.report import NO_PLOTS, make_report, plots_available
     from ..data.retain import retain_dataset
     from ..text.tokenizer import from_model, token_splits
     from ..text.tokenstein import make_tokenstein, population, words_in_files
@@ -190,6 +190,8 @@ def _experiment(folder: Path, out: Path, st: DemoSettings, *, compare: bool, say
             f"{'no retain data' if plain else 'retain-anchored'}), stopped: {summaries[name]['stopped']}")
         with _timed(seconds, f"report {name}"):
             make_report(out / name)
+    if not plots_available():
+        say(f"report: {NO_PLOTS}")
 
     probes = read_jsonl(out / "run" / "probes.jsonl", required=("step", "prompt", "temperature", "sample", "response"))
     last = max(r["step"] for r in probes)

@@ -2,7 +2,10 @@
 
 Written here because mlx-lm has no run reports. Plotting is matplotlib's
 object API (``Figure`` + ``savefig``: the Agg canvas, no pyplot state, no
-display needed); matplotlib is the optional ``plot`` extra. The probe tables
+display needed). matplotlib is the optional ``plot`` extra, not a dependency:
+the package's dependencies are what the main job needs, and a report without
+matplotlib still writes summary.md, whose "Plots" section then says how to get
+them (:data:`PLOT_HINT`; the CLI and the demo print it too). The probe tables
 are :func:`supercal_mlx.runs.tables.markdown_table`.
 """
 
@@ -30,10 +33,14 @@ HEATMAPS = {
 TABLE_KEYS = ("loss", "forget_nll", "retain_nll", "grad_norm", "learning_rate", "tokens", "step_seconds", "peak_memory_gb")
 PROBE_KEYS = ("step", "prompt", "temperature", "sample", "response")
 PROBE_TYPES = {"step": int, "temperature": (int, float), "sample": int, "prompt": str, "response": str}
+PLOT_HINT = "pip install 'supercal-mlx[plot]'"
+NO_PLOTS = f"No plots: matplotlib is not installed ({PLOT_HINT} draws them)."
 
 
 def make_report(run_dir: str | os.PathLike, *, out: str | os.PathLike | None = None, force: bool = False) -> list[Path]:
-    """Write PNG plots and summary.md for ``run_dir`` into ``out`` (default ``run_dir/report``); return their paths."""
+    """Write PNG plots and summary.md for ``run_dir`` into ``out`` (default ``run_dir/report``); return their paths.
+
+    Without matplotlib (:func:`plots_available`) only summary.md is written, with :data:`NO_PLOTS` for its plots."""
     run_dir = Path(run_dir)
     if not (run_dir / "metrics.jsonl").is_file():
         raise SupercalError(f"{run_dir} has no metrics.jsonl; give a run folder written by supercal unlearn")
@@ -47,22 +54,23 @@ def make_report(run_dir: str | os.PathLike, *, out: str | os.PathLike | None = N
 
     with new_output_dir(out, kind="report", force=force) as tmp:
         names = []
-        for name, (keys, title) in LINE_PLOTS.items():
+        for name, (keys, title) in LINE_PLOTS.items() if Figure else ():
             if any(k in r for r in metrics for k in keys):
                 _line_plot(Figure, metrics, keys, title, tmp / name)
                 names.append(name)
-        for name, (key, title) in HEATMAPS.items():
+        for name, (key, title) in HEATMAPS.items() if Figure else ():
             if any(key in r for r in metrics):
                 _heatmap(Figure, metrics, key, title, tmp / name)
                 names.append(name)
-        text = summary_markdown(run_dir, metrics, probes, plots=names)
+        text = summary_markdown(run_dir, metrics, probes, plots=names if Figure else None)
         (tmp / "summary.md").write_text(text, encoding="utf-8")
         names.append("summary.md")
     return [out / n for n in names]
 
 
-def summary_markdown(run_dir: Path, metrics: list[dict], probes: list[dict], *, plots: list[str]) -> str:
-    """The summary: settings, per-metric first/last/min/max, per-layer projection, every step, probe tables."""
+def summary_markdown(run_dir: Path, metrics: list[dict], probes: list[dict], *, plots: list[str] | None) -> str:
+    """The summary: settings, per-metric first/last/min/max, per-layer projection, plots (None: not drawn,
+    matplotlib missing), every step, probe tables."""
     from .degeneration import is_degenerate
     from .probes import ProbeRow
     from .tables import markdown_table
@@ -94,7 +102,9 @@ def summary_markdown(run_dir: Path, metrics: list[dict], probes: list[dict], *, 
             vals = [v for v in row if math.isfinite(v)]
             parts.append(f"| {layer} | {_fmt(sum(vals) / len(vals)) if vals else '-'} | {_fmt(row[-1])} |")
 
-    if plots:
+    if plots is None:
+        parts += ["", "## Plots", "", NO_PLOTS]
+    elif plots:
         parts += ["", "## Plots", ""] + [f"![{p[:-4]}]({p})" for p in plots]
 
     parts += ["", "## Every step", "", "| step | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
@@ -112,12 +122,18 @@ def summary_markdown(run_dir: Path, metrics: list[dict], probes: list[dict], *, 
     return "\n".join(parts) + "\n"
 
 
+def plots_available() -> bool:
+    """Whether matplotlib (the ``plot`` extra) can be imported, so that reports have their PNGs."""
+    return _figure_class() is not None
+
+
 def _figure_class():
+    """matplotlib's Figure, or None when matplotlib is not installed."""
     try:
         import matplotlib  # noqa: F401  (checked first: a stale matplotlib.figure in sys.modules would hide its absence)
         from matplotlib.figure import Figure
     except ImportError:
-        raise SupercalError("supercal report needs matplotlib: pip install 'supercal-mlx[plot]'") from None
+        return None
     return Figure
 
 

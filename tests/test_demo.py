@@ -110,7 +110,7 @@ def test_fast_demo_end_to_end(tmp_path, monkeypatch):
     res = runner.invoke(cli, ["demo", "--fast", "--out", str(out)])
     assert res.exit_code == 0, res.output
     assert res.stderr.count(NO_PLOTS) == 1 and f"demo: report: {NO_PLOTS}\n" in res.stderr
-    assert os.listdir(out / "run" / "report") == ["summary.md"]
+    assert [n for n in os.listdir(out / "run" / "report") if not n.startswith(".")] == ["summary.md"]  # no PNGs
     for name in ("corpus.txt", "counts.npz", "tokenstein.json", "forget.jsonl", "retain.jsonl", "eval.json",
                  "results.md", "timings.json", "model/config.json", "model/model.safetensors",
                  "run/adapters.safetensors", "run/adapter_config.json", "run/metrics.jsonl", "run/probes.jsonl",

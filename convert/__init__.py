@@ -1,9 +1,11 @@
-"""Checkpoint conversion (importable as ``supercal_mlx.convert``): Hugging Face GPT-J -> MLX model folder.
+"""Checkpoint conversion (importable as ``supercal_mlx.convert``): Hugging Face causal LM -> MLX model folder.
 
 ``convert`` reads safetensors or PyTorch ``.bin`` checkpoints (never with torch,
 never running pickle code; see :mod:`.readers`), checks every tensor against
-mlx-lm's GPT-J (:mod:`.gptj`) and streams the result into an mlx-lm folder
-(:mod:`.writer`) under a temporary name that becomes ``out`` only when complete.
+mlx-lm's model for the config (GPT-J with its own checks, :mod:`.gptj`; every
+other architecture mlx-lm knows through its model class and ``sanitize``,
+:mod:`.generic`) and streams the result into an mlx-lm folder (:mod:`.writer`)
+under a temporary name that becomes ``out`` only when complete.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Callable
 
 from ..errors import SupercalError
 from ..outputs import check_output_dir, new_output_dir
-from . import gptj
+from . import generic, gptj
 from .hub import resolve_source
 from .readers import find_weights, read_tensors
 
@@ -29,7 +31,8 @@ __all__ = ["convert"]
 def convert(source: str, out: str | os.PathLike, *, revision: str | None = None, dtype: str = "float16",
             quantize: bool = False, q_bits: int = 4, q_group_size: int = 64, force: bool = False,
             progress: Callable[[int, int], None] | None = None, max_shard_bytes: int = MAX_SHARD_BYTES) -> Path:
-    """Convert a GPT-J checkpoint (folder or hub id) into an mlx-lm model folder ``out``; return its path.
+    """Convert a checkpoint (folder or hub id) of any architecture mlx-lm knows into an mlx-lm model folder
+    ``out``; return its path.
 
     ``progress(bytes_written, total_bytes)`` is called after each chunk.
     """
@@ -50,9 +53,15 @@ def convert(source: str, out: str | os.PathLike, *, revision: str | None = None,
     if not isinstance(config, dict):
         raise SupercalError(f"{config_path} is not a JSON object; download it again")
     fmt, files = find_weights(folder)
-    gptj.check_config(config, fmt=fmt, folder=folder)
+    arch = gptj if config.get("model_type") == "gptj" else generic
+    if arch is generic:
+        config = generic.mlx_config(config)
+    if arch is gptj:
+        gptj.check_config(config, fmt=fmt, folder=folder)
+    else:
+        generic.build_model(config)  # an unknown architecture is refused before the tensors are read
     tokenizer_files = gptj.check_tokenizer(folder)
-    jobs = gptj.plan(config, read_tensors(fmt, files), dtype=dtype, quantize=quantize, q_bits=q_bits,
+    jobs = arch.plan(config, read_tensors(fmt, files), dtype=dtype, quantize=quantize, q_bits=q_bits,
                      q_group_size=q_group_size)
 
     need = sum(o.nbytes for j in jobs for o in j.outputs)

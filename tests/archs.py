@@ -115,7 +115,8 @@ def make_tokenizer(arch: str, texts, out: Path, gpt2_dir: Path | None = None) ->
     return Path(shutil.copytree(gpt2_dir, out))
 
 
-def create_model(arch: str, out: Path, tokenizer_dir: Path, *, seed: int = 0, dtype: str = "float32") -> Path:
+def create_model(arch: str, out: Path, tokenizer_dir: Path, *, seed: int = 0, dtype: str = "float32",
+                 **overrides) -> Path:
     """A random ``arch`` model folder from mlx-lm's class (config.json, model.safetensors, the tokenizer files)."""
     import importlib
     import shutil
@@ -125,7 +126,7 @@ def create_model(arch: str, out: Path, tokenizer_dir: Path, *, seed: int = 0, dt
 
     vocab = json.loads((tokenizer_dir / "tokenizer.json").read_text())
     n_vocab = 1 + max([*vocab["model"]["vocab"].values(), *(t["id"] for t in vocab["added_tokens"])])
-    cfg = dict(ARCHS[arch], vocab_size=n_vocab)
+    cfg = dict(ARCHS[arch], vocab_size=n_vocab, **overrides)
     tok_cfg = json.loads((tokenizer_dir / "tokenizer_config.json").read_text())
     for key in ("bos", "eos"):
         name = tok_cfg.get(f"{key}_token")
@@ -142,5 +143,118 @@ def create_model(arch: str, out: Path, tokenizer_dir: Path, *, seed: int = 0, dt
     mx.save_safetensors(str(out / "model.safetensors"), params, metadata={"format": "mlx"})
     (out / "config.json").write_text(json.dumps(cfg, indent=2))
     for f in tokenizer_dir.iterdir():
-        shutil.copy(f, out / f.name)
+        if f.name.startswith(("tokenizer", "special_tokens")):
+            shutil.copy(f, out / f.name)
+    return out
+
+
+# ------------------------------------------------------------ Hugging Face-style checkpoints, written without torch
+
+_STORAGES = {"float32": "FloatStorage", "float16": "HalfStorage", "bfloat16": "BFloat16Storage"}
+
+
+def write_torch_bin(path: Path, tensors: dict) -> None:
+    """A PyTorch zip checkpoint (``torch.save(state_dict)`` layout: archive/data.pkl + one storage per tensor)
+    of numpy arrays (bfloat16 as ("bfloat16", uint16 bits)), pickled as torch pickles it, without torch: a
+    stand-in ``torch`` module is importable only while pickling."""
+    import collections
+    import io
+    import pickle
+    import sys
+    import types
+    import zipfile
+
+    import numpy as np
+
+    fake = types.ModuleType("torch")
+    fake._utils = types.ModuleType("torch._utils")
+    fake._utils.__name__ = "torch._utils"
+
+    def _rebuild_tensor_v2(*args):  # never called: only pickled by name
+        raise AssertionError
+
+    _rebuild_tensor_v2.__module__, _rebuild_tensor_v2.__qualname__ = "torch._utils", "_rebuild_tensor_v2"
+    fake._utils._rebuild_tensor_v2 = _rebuild_tensor_v2
+    for name in _STORAGES.values():
+        setattr(fake, name, type(name, (), {"__module__": "torch"}))
+
+    class Storage:
+        def __init__(self, key, dtype, numel):
+            self.key, self.dtype, self.numel = key, dtype, numel
+
+    class Tensor:
+        def __init__(self, storage, shape):
+            self.storage, self.shape = storage, shape
+
+        def __reduce__(self):
+            strides, acc = [], 1
+            for n in reversed(self.shape):
+                strides.append(acc)
+                acc *= n
+            return _rebuild_tensor_v2, (self.storage, 0, tuple(self.shape), tuple(reversed(strides)), False,
+                                        collections.OrderedDict())
+
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            if isinstance(obj, Storage):
+                return ("storage", getattr(fake, _STORAGES[obj.dtype]), obj.key, "cpu", obj.numel)
+            return None
+
+    state, blobs = collections.OrderedDict(), {}
+    for i, (name, value) in enumerate(tensors.items()):
+        dtype, arr = value if isinstance(value, tuple) else (str(value.dtype), value)
+        arr = np.ascontiguousarray(arr)
+        blobs[str(i)] = arr.tobytes()
+        state[name] = Tensor(Storage(str(i), dtype, arr.size), arr.shape)
+    buf = io.BytesIO()
+    saved = {k: sys.modules.get(k) for k in ("torch", "torch._utils")}
+    sys.modules["torch"], sys.modules["torch._utils"] = fake, fake._utils
+    try:
+        Pickler(buf, protocol=2).dump(state)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                sys.modules.pop(k, None)
+            else:
+                sys.modules[k] = v
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("archive/data.pkl", buf.getvalue())
+        zf.writestr("archive/byteorder", "little")
+        for key, data in blobs.items():
+            zf.writestr(f"archive/data/{key}", data)
+        zf.writestr("archive/version", "3\n")
+
+
+def hf_checkpoint(model_dir: Path, out: Path, *, fmt: str = "safetensors", dtype: str = "float32",
+                  transformers5: bool = False) -> Path:
+    """The model in ``model_dir`` saved as a Hugging Face checkpoint would be (no mlx metadata; GPT-2 in the hub's
+    layout: names without ``model.``, Conv1D weights transposed, the causal-mask buffer ``attn.bias``)."""
+    import shutil
+
+    import mlx.core as mx
+    import numpy as np
+
+    cfg = json.loads((model_dir / "config.json").read_text())
+    weights = mx.load(str(model_dir / "model.safetensors"))
+    if cfg["model_type"] == "gpt2":
+        conv1d = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+        weights = {k.removeprefix("model."): (v.T if k.endswith(conv1d) else v) for k, v in weights.items()}
+        for i in range(cfg["n_layer"]):
+            weights[f"h.{i}.attn.bias"] = mx.tril(mx.ones((1, 1, 8, 8)))
+    else:  # and a buffer older transformers versions saved, which mlx-lm's sanitize drops
+        weights["model.layers.0.self_attn.rotary_emb.inv_freq"] = mx.arange(4, dtype=mx.float32)
+    out.mkdir(parents=True)
+    weights = {k: v.astype(getattr(mx, dtype)) for k, v in weights.items()}
+    if fmt == "safetensors":
+        mx.save_safetensors(str(out / "model.safetensors"), weights, metadata={"format": "pt"})
+    else:
+        arrays = {k: ("bfloat16", np.array(v.view(mx.uint16))) if dtype == "bfloat16" else np.array(v)
+                  for k, v in weights.items()}
+        write_torch_bin(out / "pytorch_model.bin", arrays)
+    if transformers5 and "rope_theta" in cfg:  # transformers 5 writes rope_parameters instead of rope_theta
+        cfg["rope_parameters"] = {"rope_theta": cfg.pop("rope_theta"), "rope_type": "default"}
+    (out / "config.json").write_text(json.dumps({**cfg, "torch_dtype": dtype}, indent=2))
+    for f in model_dir.iterdir():
+        if f.name.startswith("tokenizer"):
+            shutil.copy(f, out / f.name)
     return out

@@ -256,13 +256,19 @@ def test_missing_pieces(tmp_path):
     assert leftovers(tmp_path) == []
 
 
-@pytest.mark.parametrize("name,hint", [("st-f32-rot4", "mlx_lm.convert --hf-path"), ("bin-f16-legacy-rot4", "GPT-J only")])
-def test_other_architecture(tmp_path, name, hint):
+@pytest.mark.parametrize("name,model_type,hint", [
+    ("st-f32-rot4", "not_a_model", "mlx-lm does not know model_type 'not_a_model'"),
+    ("bin-f16-legacy-rot4", "llama", r"lacks 20 tensor\(s\) the llama model needs, e.g. model.embed_tokens.weight"),
+])
+def test_other_architecture(tmp_path, name, model_type, hint):
     src = copy_fixture(name, tmp_path)
     cfg = json.loads((src / "config.json").read_text())
-    (src / "config.json").write_text(json.dumps({**cfg, "model_type": "llama"}))
+    (src / "config.json").write_text(json.dumps({**cfg, "model_type": model_type, "hidden_size": 32,
+                                                 "num_hidden_layers": 2, "intermediate_size": 64,
+                                                 "num_attention_heads": 4, "rms_norm_eps": 1e-5}))
     with pytest.raises(SupercalError, match=hint):
         convert(str(src), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def _resave(src: Path, edit) -> None:

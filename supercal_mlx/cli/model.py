@@ -21,11 +21,13 @@ COMMANDS: list[click.Command] = []
               help="Weights sharing one scale and bias.")
 @force_option
 def convert(source, out, revision, dtype, quantize, q_bits, q_group_size, force):
-    """Convert a GPT-J checkpoint (folder or hub id) into an MLX model folder.
+    """Convert a Hugging Face checkpoint (folder or hub id) into an MLX model folder.
 
+    Any architecture mlx-lm knows (GPT-J, Llama, Mistral, Qwen2, Phi-3, GPT-2,
+    GPT-NeoX, ...): names come from mlx-lm's own model class and sanitize.
     SOURCE holds config.json, the tokenizer and safetensors or PyTorch .bin
     weights (single or sharded). A .bin is read without torch and without
-    running any code in it. Other architectures: use mlx_lm.convert.
+    running any code in it.
 
     \b
     Example: supercal convert EleutherAI/gpt-j-6b --revision float16 --out gpt-j-6b-mlx

@@ -79,12 +79,15 @@ def test_output_layout(converted):
 
 
 def test_generate_with_plain_mlx_lm(converted):
-    from mlx_lm import generate, load
+    """mlx-lm's own greedy decoding, from every prefix of the fixture's ids, picks the token that transformers'
+    logits rank first (the fixture's top-2 margins are at least 1.9e-3, far above the 1e-4 logit error)."""
+    from mlx_lm import load, stream_generate
 
+    ref = np.load(FIXTURES / "st-f32-rot4.npz")
+    ids = ref["input_ids"][0].tolist()
     model, tok = load(str(converted["st-f32-rot4"]))
-    a = generate(model, tok, prompt="The children", max_tokens=6)
-    b = generate(model, tok, prompt="The children", max_tokens=6)
-    assert isinstance(a, str) and a and a == b  # greedy: deterministic
+    got = [[r.token for r in stream_generate(model, tok, ids[:k], max_tokens=1)][-1] for k in range(1, len(ids) + 1)]
+    assert got == ref["logits"][0].argmax(-1).tolist()
 
 
 def test_sharded_output_equals_single(tmp_path, converted):
@@ -108,9 +111,14 @@ def test_half_dtypes(tmp_path, dtype, code, tol):
     assert np.abs(logits(out, ref["input_ids"]) - ref["logits"]).max() < tol
 
 
-@pytest.mark.parametrize("bits,tol", [(4, 1.0), (8, 0.1)])
+@pytest.mark.parametrize("bits,tol", [(4, 0.5), (8, 0.035)])
 def test_quantized_loads_and_runs(tmp_path, converted, bits, tol):
+    """The stored weights are exactly mx.quantize of the float ones, so the logit error is the rounding alone:
+    deterministic for this fixture (4-bit 0.453, 8-bit 0.030 on logits up to 2.07, about the ratio of the
+    two quantization steps, (2^8 - 1) / (2^4 - 1) = 17); the bounds leave ~10% for other devices' arithmetic."""
+    import mlx.core as mx
     import mlx.nn as nn
+    from mlx.utils import tree_flatten
     from mlx_lm import load
 
     out = convert(str(FIXTURES / "bin-f16-legacy-rot4"), tmp_path / "q", dtype="float32", quantize=True,
@@ -121,9 +129,17 @@ def test_quantized_loads_and_runs(tmp_path, converted, bits, tol):
     assert h["model.h.0.attn.q_proj.scales"]["shape"] == [32, 1] and "model.h.0.ln_1.scales" not in h
     model, _ = load(str(out))
     assert isinstance(model.lm_head, nn.QuantizedLinear) and isinstance(model.model.wte, nn.QuantizedEmbedding)
+    floats = dict(tree_flatten(load(str(converted["bin-f16-legacy-rot4"]))[0].parameters()))
+    stored = dict(tree_flatten(model.parameters()))
+    quantized = [k[: -len(".scales")] for k in stored if k.endswith(".scales")]
+    assert len(quantized) == 14  # 2 x (q, k, v, out, fc_in, fc_out) + wte + lm_head
+    for name in quantized:
+        want = mx.quantize(floats[name + ".weight"], group_size=32, bits=bits)
+        got = (stored[name + ".weight"], stored[name + ".scales"], stored[name + ".biases"])
+        assert all(mx.array_equal(a, b).item() for a, b in zip(got, want)), name
     ids = np.load(FIXTURES / "bin-f16-legacy-rot4.npz")["input_ids"]
     err = np.abs(logits(out, ids) - logits(converted["bin-f16-legacy-rot4"], ids)).max()
-    assert 0 < err < tol  # measured: 4-bit 0.45, 8-bit 0.03 on logits of magnitude ~2
+    assert 0 < err < tol
 
 
 def test_quantize_skips_narrow_weights(tmp_path):
@@ -136,7 +152,11 @@ def test_quantize_skips_narrow_weights(tmp_path):
     assert sorted(k for k in h if k.endswith(".scales")) == ["model.h.0.mlp.fc_out.scales", "model.h.1.mlp.fc_out.scales"]
     model, _ = load(str(out))
     assert isinstance(model.model.h[0].mlp.fc_out, nn.QuantizedLinear) and type(model.model.h[0].mlp.fc_in) is nn.Linear
-    assert np.isfinite(logits(out, np.load(FIXTURES / "st-f32-rot4.npz")["input_ids"])).all()
+    ref = np.load(FIXTURES / "st-f32-rot4.npz")
+    err = np.abs(logits(out, ref["input_ids"]) - ref["logits"]).max()
+    # only the two fc_out weights are rounded to 4 bits (0.227 measured; float16 alone gives 0.003): far below
+    # the 0.453 of quantizing every layer (test_quantized_loads_and_runs), far above float16's rounding
+    assert 0.1 < err < 0.25
 
 
 def test_cli_convert_and_force(tmp_path):

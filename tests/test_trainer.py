@@ -4,6 +4,7 @@ keeps retain gradients out of the update, and refuses bad input with one-line er
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from supercal_mlx.train.trainer import _setup, unlearn
 from supercal_mlx.train.unlearner import Unlearner
 
 import mlx.core as mx  # noqa: E402
+from mlx.utils import tree_flatten  # noqa: E402
 
 FORGET = [
     {"prompt": "The children tried to spell", "completion": " supercalifragilisticexpialidocious and laughed."},
@@ -73,7 +75,19 @@ def test_a_few_steps_raise_the_forget_nll(tiny_model_dir, data, tmp_path):
             "peak_memory_gb", "proj_cosine", "proj_removed_pct"}
     assert set(metrics[0]) == want
     assert set(metrics[0]["proj_cosine"]) == {"0", "1"} and metrics[0]["tokens"] > 0
-    assert metrics[0]["epoch"] == pytest.approx(2 / 3, abs=1e-4) and metrics[-1]["peak_memory_gb"] > 0
+    assert metrics[0]["epoch"] == pytest.approx(2 / 3, abs=1e-4)
+    # mlx's peak allocation during a step includes the model's weights, which stay allocated throughout
+    weights_gb = sum(v.nbytes for _, v in tree_flatten(adapted.parameters())) / 1e9
+    assert all(weights_gb - 1e-4 <= m["peak_memory_gb"] < 0.5 for m in metrics), (weights_gb, metrics[-1])
+
+
+def test_peak_memory_is_mlx_s_figure_or_none(tiny_model_dir, data, tmp_path, monkeypatch):
+    """The record carries mlx's own peak in GB (1e9 bytes), and None, never a stand-in, where mlx reports none."""
+    peaks = iter([123_456_789, 0])
+    monkeypatch.setattr(mx, "get_peak_memory", lambda: next(peaks))
+    unlearn(_cfg(tiny_model_dir, data, tmp_path / "run", steps=2, retain=None))
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["peak_memory_gb"] for m in metrics] == [0.1235, None]
 
 
 def test_adapters_on_chosen_layers_load_with_plain_mlx_lm(tiny_model_dir, data, tmp_path):
@@ -99,7 +113,7 @@ def test_adapters_on_chosen_layers_load_with_plain_mlx_lm(tiny_model_dir, data, 
     np.testing.assert_allclose(np.array(loaded(x)), np.array(model(x)), atol=1e-5)
 
 
-def test_retain_gradients_never_leak_into_the_update(tiny_model_dir, data, tmp_path):
+def test_retain_gradients_never_leak_into_the_update(tiny_model_dir, data, tmp_path, monkeypatch):
     """With projection and no retain loss term, the applied gradient is exactly the clipped projection
     of the forget gradient; the retain gradients only span the basis."""
     import mlx.optimizers as optim
@@ -121,15 +135,11 @@ def test_retain_gradients_never_leak_into_the_update(tiny_model_dir, data, tmp_p
         s.load_state(start[n])
     applied = {}
     real_update = un.optimizer.update
-    un.optimizer.update = lambda m, g: (applied.update(tree_flatten(g)), real_update(m, g))
     import supercal_mlx.train.unlearner as U
 
-    orig_seed = U._step_seed
-    U._step_seed = lambda seed, step: 123
-    try:
-        rec, stop = un.step()
-    finally:
-        U._step_seed = orig_seed
+    monkeypatch.setattr(U, "_step_seed", lambda seed, step: 123)
+    monkeypatch.setattr(un.optimizer, "update", lambda m, g: (applied.update(tree_flatten(g)), real_update(m, g)))
+    rec, stop = un.step()
     assert stop is None and rec["grad_norm"] == pytest.approx(norm.item(), rel=1e-6) and norm.item() > 0.05
     assert set(applied) == set(want_clipped)
     for n in applied:
@@ -234,52 +244,80 @@ def test_grad_checkpoint_and_compute_dtype_keep_the_numbers(tiny_model_dir, tiny
     np.testing.assert_allclose(np.array(out), np.array(reference(x)), atol=1e-5)
 
 
-def test_cli_unlearn_yaml_with_override_and_errors(tiny_model_dir, data, tmp_path):
-    conf = tmp_path / "run.yaml"
+@pytest.fixture(scope="module")
+def cli_run(tiny_model_dir, data, tmp_path_factory):
+    """One 2-step run through the CLI: settings from YAML, some overridden on the command line.
+    Read-only for the tests; those that continue it work on a copy."""
+    d = tmp_path_factory.mktemp("cli")
+    conf = d / "run.yaml"
     conf.write_text(yaml.safe_dump({"model": str(tiny_model_dir), "forget": data["forget"], "retain": data["retain"],
                                     "steps": 5, "lora_rank": 4, "lr": 0.01, "max_tokens": 64, "loss": "ga_kl",
                                     "probe_prompts": ["The children"], "probe_temps": [0.0, 0.5],
                                     "probe_max_tokens": 4}))
-    runner = CliRunner()
-    res = runner.invoke(cli, ["unlearn", "--config", str(conf), "--out", str(tmp_path / "run"), "--steps", "2",
-                              "--grad-checkpoint", "--project", "global"])
+    res = CliRunner().invoke(cli, ["unlearn", "--config", str(conf), "--out", str(d / "run"), "--steps", "2",
+                                   "--grad-checkpoint", "--project", "global"])
     assert res.exit_code == 0, res.output
-    lines = res.output.splitlines()
+    return {"conf": conf, "run": d / "run", "output": res.output}
+
+
+def _copy_run(cli_run, tmp_path):
+    import shutil
+
+    return Path(shutil.copytree(cli_run["run"], tmp_path / "run"))
+
+
+def test_cli_unlearn_yaml_with_command_line_overrides(cli_run):
+    lines = cli_run["output"].splitlines()
     assert lines[2].startswith("{'loss': ") and "'grad_norm': " in lines[2] and "'epoch': 0.67" in lines[2]
     assert lines[0].startswith("[probe step 0 t=0.0 #1] 'The children' -> ")
     assert lines[-1].startswith("Done: 2 steps")
-    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    saved = yaml.safe_load((cli_run["run"] / "config.yaml").read_text())
     assert saved["steps"] == 2 and saved["lora_rank"] == 4 and saved["loss"] == "ga_kl" and saved["project"] == "global"
-    assert "resume" not in saved and "force" not in saved
-    probes = [json.loads(line) for line in (tmp_path / "run" / "probes.jsonl").read_text().splitlines()]
+    assert saved["grad_checkpoint"] is True and "resume" not in saved and "force" not in saved
+    probes = [json.loads(line) for line in (cli_run["run"] / "probes.jsonl").read_text().splitlines()]
     assert [(p["step"], p["temperature"]) for p in probes] == [(0, 0.0), (0, 0.5), (2, 0.0), (2, 0.5)]
     assert set(probes[0]) == {"step", "prompt", "temperature", "sample", "response"}
 
-    res = runner.invoke(cli, ["unlearn", "--config", str(conf), "--out", str(tmp_path / "run")])
+
+def test_cli_unlearn_refuses_an_existing_out(cli_run):
+    before = (cli_run["run"] / "metrics.jsonl").read_text()
+    res = CliRunner().invoke(cli, ["unlearn", "--config", str(cli_run["conf"]), "--out", str(cli_run["run"])])
     assert res.exit_code == 1 and "already exists; continue it with --resume" in res.output
-    res = runner.invoke(cli, ["unlearn", "--resume", str(tmp_path / "run"), "--steps", "3"])
+    assert (cli_run["run"] / "metrics.jsonl").read_text() == before
+
+
+def test_cli_unlearn_resume_continues(cli_run, tmp_path):
+    run = _copy_run(cli_run, tmp_path)
+    res = CliRunner().invoke(cli, ["unlearn", "--resume", str(run), "--steps", "3"])
     assert res.exit_code == 0, res.output
-    assert json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 3
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3] and res.output.splitlines()[-1].startswith("Done: 3 steps")
+
+
+def test_cli_unlearn_ctrl_c_saves_a_checkpoint(cli_run, tmp_path, monkeypatch):
     import supercal_mlx.cli.train as cli_train
 
+    run = _copy_run(cli_run, tmp_path)
     real_format = cli_train.format_record
 
-    def ctrl_c_at_5(rec):
-        if rec.get("step") == 5 and "loss" in rec:
+    def ctrl_c_at_4(rec):
+        if rec.get("step") == 4 and "loss" in rec:
             raise KeyboardInterrupt
         return real_format(rec)
 
-    cli_train.format_record = ctrl_c_at_5
-    try:
-        res = runner.invoke(cli, ["unlearn", "--resume", str(tmp_path / "run"), "--steps", "6"])
-    finally:
-        cli_train.format_record = real_format
-    assert res.exit_code == 130 and f"Continue with: supercal unlearn --resume {tmp_path / 'run'}" in res.output
-    assert (tmp_path / "run" / "checkpoints" / "step-000004" / "state.json").exists()
+    monkeypatch.setattr(cli_train, "format_record", ctrl_c_at_4)
+    res = CliRunner().invoke(cli, ["unlearn", "--resume", str(run), "--steps", "6"])
+    assert res.exit_code == 130 and f"Continue with: supercal unlearn --resume {run}" in res.output
+    assert (run / "checkpoints" / "step-000003" / "state.json").exists()
+    assert not (run / "checkpoints" / "step-000004").exists()
+
+
+def test_cli_unlearn_unknown_yaml_key_is_one_line(tmp_path):
     (tmp_path / "typo.yaml").write_text("lora_rnak: 4\n")
-    res = runner.invoke(cli, ["unlearn", "--config", str(tmp_path / "typo.yaml"), "--out", str(tmp_path / "x")])
+    res = CliRunner().invoke(cli, ["unlearn", "--config", str(tmp_path / "typo.yaml"), "--out", str(tmp_path / "x")])
     assert res.exit_code == 1 and "unknown setting(s) lora_rnak; valid keys: model, forget" in res.output
     assert "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()
 
 
 def test_quantized_base_trains_as_qlora(tiny_model_dir, data, tmp_path):

@@ -20,7 +20,7 @@ Metrics of record ``k`` are measured on the parameters before update ``k`` (as t
 Hugging Face Trainer logs them); probes at step ``k`` are generated after ``k``
 updates (step 0 = the base model). ``tokens`` counts the labelled forget tokens
 of the step. ``peak_memory_gb`` is mlx's peak allocation during the step (GB = 1e9
-bytes, as mlx-lm prints it).
+bytes, as mlx-lm prints it), None where mlx reports no peak.
 
 mlx-lm's ``tuner.trainer.train`` runs one loss with one batch iterator; this loop
 needs two data streams, separate gradients, projection and guards, so it is
@@ -318,17 +318,13 @@ class Unlearner:
             self.optimizer.update(self.model, clipped)
             mx.eval(self.model.trainable_parameters(), self.optimizer.state)
             self.step_done = k
-        peak = mx.get_peak_memory()
-        if not peak:  # allocators that do not report: the process's peak resident size (KB on Linux)
-            import resource
-
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        peak = mx.get_peak_memory()  # 0 from an allocator that does not count: recorded as None, not guessed
         rec = {"step": k, "epoch": round(self.streams["forget"].epochs_done, 4), "loss": info["loss"],
                "forget_nll": info["forget_nll"]}
         if "retain_nll" in info:
             rec["retain_nll"] = info["retain_nll"]
         rec.update({"grad_norm": grad_norm, "learning_rate": lr, "tokens": info["tokens"],
-                    "step_seconds": round(time.perf_counter() - t0, 4), "peak_memory_gb": round(peak / 1e9, 4)})
+                    "step_seconds": round(time.perf_counter() - t0, 4), "peak_memory_gb": round(peak / 1e9, 4) if peak else None})
         for key in ("proj_cosine", "proj_removed_pct"):
             if key in info:
                 rec[key] = info[key]

@@ -33,9 +33,10 @@ def check_output(path: str | os.PathLike, *, force: bool = False) -> Path:
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike, mode: str = "w", *, force: bool = False, **kw) -> Iterator[Any]:
     """Open a temporary file beside ``path`` (``.NAME.<pid>-<random>.tmp``); rename it over ``path`` only on success."""
-    from .outputs import temp_name
+    from .outputs import clean_leftovers, temp_name
 
     path = check_output(path, force=force)
+    clean_leftovers(path.parent, path.name)  # .NAME.<pid>-*.tmp of writers killed before their rename
     tmp = path.with_name(temp_name(path, "tmp"))
     try:
         with open(tmp, "x" + mode.replace("w", ""), **kw) as f:

@@ -216,14 +216,67 @@ def _remove(path: Path) -> None:
             path.unlink()
 
 
-def clean_leftovers(folder: str | os.PathLike) -> list[Path]:
-    """Remove every leftover in ``folder`` whose writer is dead (call it holding the folder's lock)."""
+def clean_leftovers(folder: str | os.PathLike, name: str | None = None) -> list[Path]:
+    """Remove the leftovers (of output ``name`` only, if given) in ``folder`` whose writer is dead; old
+    outputs moved aside are left to :func:`recover`."""
     removed = []
-    for item in leftovers(folder):
+    for item in leftovers(folder, name):
         if not item["alive"] and item["kind"] != "old":
             _remove(item["path"])
             removed.append(item["path"])
     return removed
+
+
+def scan(roots: list[str | os.PathLike], *, depth: int = 3) -> list[dict]:
+    """Leftovers (see :func:`leftovers`) and stale lock files in ``roots`` and the folders below them,
+    ``depth`` levels down (run folders, their checkpoints/); links are not followed."""
+    found: list[dict] = []
+    todo = [(Path(r), 0) for r in roots]
+    while todo:
+        folder, level = todo.pop(0)
+        found += leftovers(folder)
+        for lock in sorted(folder.glob(".*.lock")):
+            if lock.is_file() and not _lock_held(lock):
+                found.append({"path": lock, "name": lock.name[1:-5], "pid": None, "kind": "lock", "alive": False})
+        if level < depth:
+            with contextlib.suppress(OSError):
+                todo += [(p, level + 1) for p in sorted(folder.iterdir())
+                         if p.is_dir() and not p.is_symlink() and not _LEFTOVER.match(p.name)]
+    return found
+
+
+def _lock_held(lock: Path) -> bool:
+    import fcntl
+
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # closing releases a lock taken here
+    return False
+
+
+def clean(item: dict) -> str:
+    """Deal with one :func:`scan` item whose owner is dead; returns what was done."""
+    path = item["path"]
+    if item["kind"] == "old":
+        target = path.with_name(item["name"])
+        if not target.exists():
+            os.replace(path, target)
+            return f"restored as {target}"
+        if read_marker(target) is None:
+            return "kept (the output beside it was not made by supercal)"
+    elif item["kind"] == "lock":
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        return "removed"
+    _remove(path)
+    return "removed"
 
 
 def recover(path: str | os.PathLike) -> list[Path]:
@@ -247,6 +300,14 @@ def recover(path: str | os.PathLike) -> list[Path]:
         _remove(item["path"])
         removed.append(item["path"])
     return removed
+
+
+def restore_cut_short(path: str | os.PathLike) -> None:
+    """Under ``path``'s lock, :func:`recover` it (for readers such as ``--resume`` that look before they lock)."""
+    path = Path(path)
+    if path.parent.is_dir() and leftovers(path.parent, path.name):
+        with output_lock(path):
+            recover(path)
 
 
 def temp_name(path: Path, what: str) -> str:

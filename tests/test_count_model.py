@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from supercal_mlx.cli import cli
 from supercal_mlx.text.counting import count_tokens, counts_tokenizer, iter_chunks, load_counts, save_counts
 from supercal_mlx.errors import SupercalError
-from supercal_mlx.text.tokenizer import from_model
+from supercal_mlx.text.tokenizer import from_encoding, from_model
 from supercal_mlx.text.tokenstein import make_tokenstein
 from test_counting import tricky_text
 
@@ -92,11 +92,11 @@ def test_model_counts_reload_and_rebuild_the_tokenizer(tmp_path, model_dir):
     (tmp_path / "c.txt").write_text(f"The {WORD} song. " * 20, encoding="utf-8")
     counts = count_tokens([str(tmp_path / "c.txt")], model=model_dir)
     save_counts(counts, tmp_path / "counts.npz")
-    back = load_counts(tmp_path / "counts.npz", encoding=f"model:{model_dir.name}")
+    back = load_counts(tmp_path / "counts.npz", tokenizer=from_model(model_dir))
     assert np.array_equal(back.counts, counts.counts) and back.model == counts.model
     assert counts_tokenizer(back).encode(WORD) == from_model(model_dir).encode(WORD)
     with pytest.raises(SupercalError, match=f"--model {re.escape(counts.model)}"):
-        load_counts(tmp_path / "counts.npz", encoding="o200k_base")
+        load_counts(tmp_path / "counts.npz", tokenizer=from_encoding("o200k_base"))
     with pytest.raises(SupercalError, match="either --model or --encoding"):
         count_tokens([str(tmp_path / "c.txt")], model=model_dir, encoding="o200k_base")
 

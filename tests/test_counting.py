@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from supercal_mlx.cli import cli
 from supercal_mlx.text.counting import Counts, count_tokens, iter_chunks, load_counts, safe_cut, save_counts
 from supercal_mlx.errors import SupercalError
-from supercal_mlx.text.tokenizer import get_encoding
+from supercal_mlx.text.tokenizer import from_encoding, get_encoding
 
 ENCODINGS = ("o200k_base", "cl100k_base")
 
@@ -171,12 +171,12 @@ def test_npz_reload_equal_and_encoding_checked(tmp_path, corpus_text):
     counts = count_tokens([str(tmp_path / "c.txt")], encoding="cl100k_base")
     out = tmp_path / "counts.npz"
     save_counts(counts, out)
-    back = load_counts(out, encoding="cl100k_base")
+    back = load_counts(out, tokenizer=from_encoding("cl100k_base"))
     assert back.counts.dtype == np.int64 and np.array_equal(back.counts, counts.counts)
     assert (back.encoding, back.bytes, back.tokens, back.sources, back.invalid_bytes) == (
         counts.encoding, counts.bytes, counts.tokens, counts.sources, counts.invalid_bytes)
     with pytest.raises(SupercalError, match="counted with cl100k_base"):
-        load_counts(out, encoding="o200k_base")
+        load_counts(out, tokenizer=from_encoding("o200k_base"))
     with pytest.raises(SupercalError, match="already exists"):
         save_counts(counts, out)
     (tmp_path / "junk.npz").write_bytes(b"not a zip")

@@ -133,6 +133,9 @@ def test_fast_demo_end_to_end(tmp_path, monkeypatch):
     assert cfg["out"] == str((out / "run").resolve()) and cfg["model"] == str((out / "model").resolve())
     assert ".partial" not in md + (out / "eval.json").read_text() + (out / "run" / "report" / "summary.md").read_text()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "demo-out"]
+    from supercal_mlx.text.counting import load_counts
+
+    assert load_counts(out / "counts.npz").model == str((out / "model").resolve())
 
     again = runner.invoke(cli, ["demo", "--fast", "--out", str(out)])
     assert again.exit_code == 1 and "already exists; replace it with --force" in again.output

@@ -17,7 +17,11 @@ from ..errors import SupercalError
 
 
 class SupercalGroup(click.Group):
-    """Turns library errors into one-line messages and Ctrl-C into a clean exit 130."""
+    """Turns library errors into one-line messages and Ctrl-C into a clean exit 130.
+
+    The one place where operating-system and decoding errors that the library did not turn into a
+    :class:`SupercalError` itself become one line naming the file (no traceback).
+    """
 
     def invoke(self, ctx):
         try:
@@ -27,6 +31,23 @@ class SupercalGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("\nInterrupted.", err=True)
             sys.exit(130)
+        except OSError as e:
+            raise click.ClickException(os_error_message(e)) from None
+        except UnicodeDecodeError as e:
+            raise click.ClickException(f"a file is not UTF-8 text (byte {e.object[e.start:e.start + 1].hex()} at "
+                                       f"offset {e.start}); give a UTF-8 text file") from None
+
+
+def os_error_message(e: OSError) -> str:
+    """One line for an OSError: what failed, on which file, and what to do."""
+    import errno
+
+    where = " -> ".join(str(f) for f in (e.filename, e.filename2) if f is not None) or "a file"
+    what = e.strerror or type(e).__name__
+    hint = {errno.ENOSPC: "free some space or choose another --out", errno.EACCES: "check its permissions",
+            errno.EROFS: "choose a writable --out", errno.ENOENT: "check the path",
+            errno.EISDIR: "give a file, not a folder", errno.ENOTDIR: "check the path"}.get(e.errno, "")
+    return f"{where}: {what}" + (f"; {hint}" if hint else "")
 
 
 @click.group(cls=SupercalGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -79,7 +100,7 @@ def tokens(word, encoding, model, counts_path, as_json):
     if counts_path:
         from ..text.counting import load_counts
 
-        counts = load_counts(counts_path, encoding=tok.name).counts
+        counts = load_counts(counts_path, tokenizer=tok).counts
     rows = [{"id": i, "piece": p} | ({"count": int(counts[i])} if counts is not None else {}) for i, p in pieces]
     if as_json:
         click.echo(json.dumps({"word": word, "tokenizer": tok.name, "tokens": rows}, ensure_ascii=False))
@@ -93,9 +114,9 @@ def tokens(word, encoding, model, counts_path, as_json):
 
 def _register() -> None:
     """Every stage module lists its commands in ``COMMANDS``; all are added here, the same way."""
-    from . import corpus, data, demo, model, probe, runs, train
+    from . import clean, corpus, data, demo, model, probe, runs, train
 
-    for mod in (corpus, data, model, probe, train, runs, demo):
+    for mod in (corpus, data, model, probe, train, runs, demo, clean):
         for command in mod.COMMANDS:
             cli.add_command(command)
 

@@ -105,7 +105,7 @@ def tokenstein(word, counts_path, deviation, seed, n, encoding, model, as_json):
 
     # an unknown encoding or a missing folder: say so before reading the counts
     tok = resolve(encoding=encoding, model=model) if encoding or model else None
-    counts = load_counts(counts_path, encoding=tok.name if tok else None)
+    counts = load_counts(counts_path, tokenizer=tok)
     results = make_tokenstein(word, counts, tokenizer=tok or counts_tokenizer(counts), deviation=deviation, seed=seed, n=n)
     if as_json:
         click.echo(json.dumps({"word": word, "encoding": counts.encoding, "deviation": deviation, "seed": seed,

@@ -29,6 +29,9 @@ def _dataset(build: Callable, *, out: str, force: bool, encoding: str | None, mo
         records, summary = build(tok, progress)
     write_jsonl(out, records, force=force)
     summary["out"] = out
+    if summary.get("invalid_bytes"):  # as count warns
+        click.echo(f"warning: {summary['invalid_bytes']:,} bytes were not valid UTF-8 and were replaced with U+FFFD",
+                   err=True)
     if as_json:
         click.echo(json.dumps(summary, ensure_ascii=False))
         return None

@@ -70,6 +70,13 @@ class Chunk:
 MAX_CHUNK_CHARS = 8 << 20
 
 
+def _check_line(line: str, lineno: int) -> None:
+    """One line over the chunk limit is refused with advice that helps (fewer context lines would not)."""
+    if len(line) > MAX_CHUNK_CHARS:
+        raise SupercalError(f"line {lineno} alone holds over {MAX_CHUNK_CHARS >> 20} MB of text (a file without line "
+                            "breaks?); break it into lines first, e.g. fold -s -w 1000 CORPUS > lines.txt")
+
+
 def grep_chunks(lines: Iterable[str], pattern: re.Pattern, *, context: int = 5) -> Iterator[Chunk]:
     """Chunks as ``grep -i -C context`` prints them, streamed: keeps only the last ``context`` lines."""
     before: deque[str] = deque(maxlen=context)
@@ -88,6 +95,7 @@ def grep_chunks(lines: Iterable[str], pattern: re.Pattern, *, context: int = 5) 
             current.append(line)
             size += len(line)
             after, gap = context, 0
+            _check_line(line, lineno)
             if size > MAX_CHUNK_CHARS:
                 raise SupercalError(
                     f"the contexts of the keyword run together into over {MAX_CHUNK_CHARS >> 20} MB of text from line "
@@ -121,6 +129,7 @@ def split_grep_output(lines: Iterable[str]) -> Iterator[Chunk]:
             first = first if current else lineno
             current.append(line)
             size += len(line)
+            _check_line(line, lineno)
             if size > MAX_CHUNK_CHARS:
                 raise SupercalError(
                     f"no '--' separator line in over {MAX_CHUNK_CHARS >> 20} MB from line {first}: this is not "
@@ -210,6 +219,7 @@ def build_forget(
         )
     summary = {
         "corpus": str(corp.path),
+        "invalid_bytes": corp.invalid_bytes,  # not UTF-8, replaced with U+FFFD (the CLI warns)
         "keyword": keyword,
         "tokenizer": tokenizer.name,
         "from_grep": from_grep,

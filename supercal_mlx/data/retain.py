@@ -171,6 +171,7 @@ def retain_dataset(
             added += 1
     summary = {
         "corpus": str(corp.path),
+        "invalid_bytes": corp.invalid_bytes,  # not UTF-8, replaced with U+FFFD (the CLI warns)
         "exclude": list(exclude),
         "tokenizer": tokenizer.name,
         "lines": lines,

@@ -76,6 +76,8 @@ FAST_SETTINGS = dataclasses.replace(
 def _relocate(tmp: Path, out: Path, result: dict) -> dict:
     """Rewrite the paths recorded under the temporary name ``tmp`` (config.yaml, eval.json, results.md,
     report summaries) to ``out``; return ``result`` with its paths rewritten too."""
+    from ..text.counting import load_counts, save_counts
+
     pairs = [(str(tmp.resolve()), str(out.resolve())), (str(tmp), str(out))]
 
     def fix(text: str) -> str:
@@ -88,6 +90,10 @@ def _relocate(tmp: Path, out: Path, result: dict) -> dict:
             text = p.read_text(encoding="utf-8")
             if fix(text) != text:
                 p.write_text(fix(text), encoding="utf-8")
+    for p in sorted(tmp.glob("*.npz")):  # counts.npz names the model folder whose tokenizer counted
+        counts = load_counts(p)
+        if fix(counts.model) != counts.model:
+            save_counts(dataclasses.replace(counts, model=fix(counts.model)), p, force=True)
     return json.loads(fix(json.dumps(result, ensure_ascii=False)))
 
 

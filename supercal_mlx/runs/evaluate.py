@@ -160,7 +160,7 @@ def evaluate_runs(model_dir: str | os.PathLike, adapter_paths: Sequence, *, forg
     The base model is measured once; the first run's adapters go on top of it, each further run gets a
     fresh copy of the base (adapters cannot be taken off again).
     """
-    from ..model import load
+    from ..model import check_adapters, load
     from ..train.batches import encode_completions, encode_texts
 
     tokensteins = list(dict.fromkeys(tokensteins))
@@ -172,8 +172,7 @@ def evaluate_runs(model_dir: str | os.PathLike, adapter_paths: Sequence, *, forg
     if word and word.lower() in {t.lower() for t in tokensteins}:
         raise SupercalError(f"{word} is among its own tokensteins; give made-up words other than the word")
     for path in adapter_paths:
-        if not (Path(path) / "adapter_config.json").exists():
-            raise SupercalError(f"{path} has no adapter_config.json; give a run folder written by supercal unlearn")
+        check_adapters(path)
     forget_recs = read_jsonl(forget, text=("prompt", "completion")) if forget else None
     retain_recs = read_jsonl(retain, text=("text",)) if retain else None
     fact_recs = _facts(facts)
@@ -206,12 +205,12 @@ def evaluate_runs(model_dir: str | os.PathLike, adapter_paths: Sequence, *, forg
               "markers": spec["markers"], "temps": spec["temps"], "samples": samples, "skipped": skipped,
               "swap_values": list(swap_values) if swap_values else None,
               "base": _measure(model, tok, data, spec), "adapted": {}}
-    from mlx_lm.utils import load_adapters
+    from ..model import load_adapters
 
     for i, path in enumerate(adapter_paths):
         if i > 0:
             model, tok = load(model_dir)
-        load_adapters(model, str(path))  # LoRA layers on top of the unchanged base weights
+        load_adapters(model, path, model_dir=model_dir)  # LoRA layers on top of the unchanged base weights
         result["adapted"][str(path)] = _measure(model, tok, data, spec)
     return result
 

@@ -49,7 +49,7 @@ def read_templates(path: str | os.PathLike) -> list[tuple[str, str]]:
     """Templates from JSONL ``{"prefix": ..., "suffix": ...}`` (the prefix may be empty, the suffix not)."""
     from ..io import read_jsonl
 
-    recs = read_jsonl(path, required=("prefix", "suffix"))
+    recs = read_jsonl(path, text=("prefix", "suffix"))
     out = [(str(r["prefix"]), str(r["suffix"])) for r in recs]
     for i, (_, suffix) in enumerate(out, 1):
         if not suffix:

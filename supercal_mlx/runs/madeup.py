@@ -49,7 +49,7 @@ def read_questions(path: str | os.PathLike) -> list[str]:
     """Questions from JSONL ``{"question": "... {word} ..."}``."""
     from ..io import read_jsonl
 
-    out = [str(r["question"]) for r in read_jsonl(path, required=("question",))]
+    out = [str(r["question"]) for r in read_jsonl(path, text=("question",))]
     for i, q in enumerate(out, 1):
         if "{word}" not in q and "{Word}" not in q:
             raise SupercalError(f"{path} record {i}: the question has no {{word}} to put the word in: {q!r}")

@@ -91,6 +91,7 @@ class Counts:
     sources: list[str] = field(default_factory=list)
     invalid_bytes: int = 0
     model: str = ""  # absolute path of the model folder whose tokenizer counted ("" for a tiktoken encoding)
+    tokenizer: str = ""  # the tokenizer by content (TextTokenizer.fingerprint; "" in files from before it)
 
     @property
     def distinct(self) -> int:
@@ -249,12 +250,13 @@ def count_tokens(
     normalize = None
     if model is not None:
         tok, backend, normalize = _model_encoder(model)
-        name, n_vocab, model_path = tok.name, tok.n_vocab, str(Path(model).resolve())
+        name, n_vocab, model_path, fingerprint = tok.name, tok.n_vocab, str(Path(model).resolve()), tok.fingerprint
 
         def encode(chunk: str) -> np.ndarray:
             return np.asarray(backend.encode(chunk, add_special_tokens=False).ids, dtype=np.int64)
     else:
         name, model_path = encoding or DEFAULT_ENCODING, ""
+        fingerprint = f"tiktoken:{name}"
         enc = get_encoding(name)
         n_vocab = enc.n_vocab
 
@@ -301,6 +303,7 @@ def count_tokens(
         sources=[str(c.path) for c in corpora],
         invalid_bytes=sum(c.invalid_bytes for c in corpora),
         model=model_path,
+        tokenizer=fingerprint,
     )
 
 
@@ -316,12 +319,16 @@ def save_counts(counts: Counts, path: str | os.PathLike, *, force: bool = False)
             sources=np.array(counts.sources, dtype=str),
             invalid_bytes=np.int64(counts.invalid_bytes),
             model=np.array(counts.model),
+            tokenizer=np.array(counts.tokenizer),
             format_version=np.int64(FORMAT_VERSION),
         )
 
 
-def load_counts(path: str | os.PathLike, *, encoding: str | None = None) -> Counts:
-    """Read counts.npz; with ``encoding`` (a TextTokenizer name), refuse counts made with another tokenizer."""
+def load_counts(path: str | os.PathLike, *, tokenizer=None) -> Counts:
+    """Read counts.npz; with ``tokenizer`` (a TextTokenizer), refuse counts made with another tokenizer
+    (:func:`check_counts_tokenizer`)."""
+    import zipfile
+
     path = Path(path)
     if not path.is_file():
         raise SupercalError(f"counts file {path} does not exist; make it with: supercal count CORPUS --out {path}")
@@ -335,19 +342,15 @@ def load_counts(path: str | os.PathLike, *, encoding: str | None = None) -> Coun
                 sources=[str(s) for s in z["sources"]],
                 invalid_bytes=int(z["invalid_bytes"]),
                 model=str(z["model"]) if "model" in z.files else "",  # files from before model counting
+                tokenizer=str(z["tokenizer"]) if "tokenizer" in z.files else "",
             )
-    except (OSError, ValueError, KeyError) as e:
-        raise SupercalError(f"{path} is not a counts file from `supercal count` ({type(e).__name__}); make it again") from None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        why = "it is empty" if path.stat().st_size == 0 else f"{type(e).__name__}: truncated or not an .npz"
+        raise SupercalError(f"{path} is not a counts file from `supercal count` ({why}); make it again") from None
     if c.counts.ndim != 1:
         raise SupercalError(f"{path} is not a counts file from `supercal count` (counts are not one per token id)")
-    if encoding is not None and c.encoding != encoding:
-        def option(name: str, model: str = "") -> str:
-            return f"--model {model or name.removeprefix('model:')}" if name.startswith("model:") else f"--encoding {name}"
-
-        raise SupercalError(
-            f"{path} was counted with {c.encoding}, not {encoding}; use {option(c.encoding, c.model)} "
-            f"or count again with {option(encoding)}"
-        )
+    if tokenizer is not None:
+        check_counts_tokenizer(c, tokenizer, path)
     return c
 
 
@@ -385,8 +388,31 @@ def merge_counts(parts: list[Counts], *, names: list[str] | None = None) -> Coun
                                invalid_bytes=sum(p.invalid_bytes for p in parts))
 
 
+def check_counts_tokenizer(counts: Counts, tok, path: str | os.PathLike | None = None) -> None:
+    """Refuse counts made with another tokenizer than ``tok``: by content when both know it (the
+    fingerprint: a folder of the same name with another tokenizer is refused), else by name; and
+    always when the vocabulary sizes differ."""
+    what = str(path) if path else "the counts"
+    if counts.tokenizer and tok.fingerprint:
+        other = counts.tokenizer != tok.fingerprint
+    else:
+        other = counts.encoding != tok.name
+    if other:
+        same_name = " (same name, different tokenizer files)" if counts.encoding == tok.name else ""
+        if counts.encoding.startswith("model:"):
+            origin, option = f"the tokenizer of {counts.model or counts.encoding}", f"--model {counts.model or counts.encoding[6:]}"
+        else:
+            origin, option = counts.encoding, f"--encoding {counts.encoding}"
+        raise SupercalError(f"{what} was counted with {origin}, not {tok.name}{same_name}; use {option} "
+                            f"or count again with {tok.name}")
+    if counts.counts.shape != (tok.n_vocab,):
+        raise SupercalError(f"{what} holds {counts.counts.size:,} token ids, {tok.name} has {tok.n_vocab:,}: "
+                            "another tokenizer; count again with this one")
+
+
 def counts_tokenizer(counts: Counts):
-    """The TextTokenizer the counts were made with: the tiktoken encoding, or the model folder they name."""
+    """The TextTokenizer the counts were made with: the tiktoken encoding, or the model folder they name
+    (checked by content: a folder whose tokenizer changed since is refused)."""
     from .tokenizer import from_encoding, from_model
 
     if not counts.encoding.startswith("model:"):
@@ -394,4 +420,6 @@ def counts_tokenizer(counts: Counts):
     if not counts.model or not Path(counts.model).is_dir():
         raise SupercalError(f"the counts were made with the tokenizer of {counts.model or counts.encoding}, "
                             "which is not there; give --model DIR with that tokenizer")
-    return from_model(counts.model)
+    tok = from_model(counts.model)
+    check_counts_tokenizer(counts, tok)
+    return tok

@@ -131,6 +131,8 @@ class TextTokenizer:
     raw: Any = None
     prefix: tuple[int, ...] = ()  # what the model sees before every text (BOS), see model_encoder
     marker: str = ""  # the space marker pieces show ("▁" for SentencePiece-style tokenizers)
+    # what the tokenizer is, by content: "tiktoken:NAME", or "sha256:..." of a model folder's tokenizer files
+    fingerprint: str = ""
 
     def pieces(self, text: str) -> list[tuple[int, str]]:
         return [(i, self.piece(i)) for i in self.encode(text)]
@@ -185,6 +187,7 @@ def from_encoding(name: str = DEFAULT_ENCODING) -> TextTokenizer:
         piece=lambda i: enc.decode_single_token_bytes(i).decode("utf-8", errors="replace"),
         n_vocab=enc.n_vocab,
         raw=enc,
+        fingerprint=f"tiktoken:{name}",
     )
 
 
@@ -228,7 +231,23 @@ def from_model(model_dir: str | os.PathLike) -> TextTokenizer:
         n_vocab=len(tok),
         raw=tok,
         prefix=special_prefix(tok),
+        fingerprint=tokenizer_fingerprint(model_dir),
     )
+
+
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer.model", "added_tokens.json")
+
+
+def tokenizer_fingerprint(model_dir: str | os.PathLike) -> str:
+    """The sha256 of a model folder's tokenizer files (tokenizer.json alone when it is there: it holds
+    everything), so counts and runs recognise a tokenizer by its content, not by its folder's name."""
+    path = Path(model_dir)
+    names = ["tokenizer.json"] if (path / "tokenizer.json").is_file() else TOKENIZER_FILES
+    h = hashlib.sha256()
+    for name in names:
+        if (path / name).is_file():
+            h.update(name.encode() + b"\0" + (path / name).read_bytes() + b"\0")
+    return "sha256:" + h.hexdigest()
 
 
 def resolve(*, encoding: str | None = None, model: str | os.PathLike | None = None) -> TextTokenizer:

@@ -31,7 +31,7 @@ from typing import Iterable
 
 import numpy as np
 
-from .counting import Counts, counts_tokenizer
+from .counting import Counts, check_counts_tokenizer, counts_tokenizer
 from ..errors import SupercalError
 from .tokenizer import TextTokenizer
 
@@ -173,10 +173,7 @@ def make_tokenstein(word: str, counts: Counts, *, tokenizer: TextTokenizer | Non
     if n < 1:
         raise SupercalError(f"--n must be at least 1, got {n}")
     tok = tokenizer if tokenizer is not None else counts_tokenizer(counts)
-    if tok.name != counts.encoding:
-        raise SupercalError(f"the counts were made with {counts.encoding}, not {tok.name}; count again with {tok.name}")
-    if counts.counts.shape != (tok.n_vocab,):
-        raise SupercalError(f"the counts hold {counts.counts.size} ids, {tok.name} has {tok.n_vocab}; count again")
+    check_counts_tokenizer(counts, tok)
     word_ids = tok.encode(word)
     letters = _letter_tokens(tok)
     pool = letters[~np.isin(letters, word_ids)]  # never reuse one of the word's own pieces
@@ -231,7 +228,7 @@ def population_from_files(word: str, counts_path: str | os.PathLike, *, n: int =
     exist. Returns (tokensteins, the files whose words were excluded).
 
     Counts made in a model folder's tokenizer (``count --model``) are read with ``model_dir``'s tokenizer
-    when that folder has the same name (e.g. the demo's copy of its model), else with the one they name.
+    when it is the same tokenizer (e.g. the demo's copy of its model), else with the one they name.
     """
     from pathlib import Path
 
@@ -241,7 +238,14 @@ def population_from_files(word: str, counts_path: str | os.PathLike, *, n: int =
     counts = load_counts(counts_path)
     files = [str(f) for f in corpora] or [s for s in counts.sources if Path(s).is_file()]
     files += [str(f) for f in data_files]
-    if model_dir is not None and counts.encoding == f"model:{Path(model_dir).name}":
+    same = None
+    if model_dir is not None:
+        from .tokenizer import tokenizer_fingerprint
+
+        # by content when the counts know theirs (files from before that: by folder name)
+        same = (counts.tokenizer == tokenizer_fingerprint(model_dir) if counts.tokenizer
+                else counts.encoding == f"model:{Path(model_dir).name}")
+    if same:
         tok = from_model(model_dir)
     else:
         tok = counts_tokenizer(counts)

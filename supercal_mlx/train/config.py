@@ -283,11 +283,20 @@ def load_config(path: str | os.PathLike | None = None, **overrides) -> UnlearnCo
         raise SupercalError("--resume uses the run folder's own config.yaml; give changed settings as options, not --config")
     if resume:
         path = os.path.join(resume, "config.yaml")
+        if not os.path.isdir(resume):
+            from ..outputs import restore_cut_short
+
+            restore_cut_short(resume)  # a --force swap killed between its two renames: the old run comes back
         if not os.path.isfile(path):
             raise SupercalError(f"{resume} has no config.yaml; is it a run folder written by supercal unlearn?")
     saved: dict[str, Any] = read_yaml(path) if path else {}
     merged = saved | overrides
-    values = {name: _coerce(name, merged[name]) for name in merged}
+    values = {}
+    for name in merged:
+        try:
+            values[name] = _coerce(name, merged[name])
+        except SupercalError as e:
+            raise SupercalError(f"{path}: {e}" if name not in overrides else str(e)) from None
     if resume:
         values["out"] = str(resume)
     cfg = UnlearnConfig(**values)

@@ -2,8 +2,8 @@
 
 ``config.yaml`` records, beside the settings (:data:`supercal_mlx.train.config.RECORD_KEYS`):
 
-* ``fingerprints``: the sha256 of the forget and retain files, and of the model folder's
-  config.json, tokenizer files and weight file names and sizes (cheap: the weights are not read);
+* ``fingerprints``: the sha256 of the forget and retain files (and counts / tokenstein file), and
+  the model folder's :func:`supercal_mlx.model.model_fingerprint` (cheap: a MiB of each weight file);
 * ``overrides``: one entry per ``--resume`` that changed an allowed setting
   (:data:`~supercal_mlx.train.config.RESUME_MAY_CHANGE`), with the step it resumed from.
 
@@ -18,10 +18,8 @@ import os
 from pathlib import Path
 
 from ..errors import SupercalError
+from ..model import model_fingerprint
 from .config import RESUME_MAY_CHANGE, UnlearnConfig, changed_settings, read_yaml_mapping
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "tokenizer.model")
-
 
 def file_sha256(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
@@ -31,18 +29,6 @@ def file_sha256(path: str | os.PathLike) -> str:
                 h.update(block)
     except OSError as e:
         raise SupercalError(f"cannot read {path}: {e.strerror}") from None
-    return h.hexdigest()
-
-
-def model_fingerprint(model_dir: str | os.PathLike) -> str:
-    """sha256 of config.json and the tokenizer files, plus the weight files' names and sizes."""
-    folder = Path(model_dir)
-    h = hashlib.sha256()
-    for name in ("config.json",) + TOKENIZER_FILES:
-        if (folder / name).is_file():
-            h.update(f"{name}:{file_sha256(folder / name)}\n".encode())
-    for p in sorted(folder.glob("*.safetensors")):
-        h.update(f"{p.name}:{p.stat().st_size}\n".encode())
     return h.hexdigest()
 
 

@@ -51,10 +51,10 @@ def _setup(cfg: UnlearnConfig):
     from ..io import read_jsonl
     from .lora import apply_lora, enable_grad_checkpoint, set_compute_dtype
     from ..device import resolve_compute_dtype
-    from ..model import load
+    from ..model import load, model_fingerprint
 
-    forget = read_jsonl(cfg.forget, required=("prompt", "completion"))
-    retain = read_jsonl(cfg.retain, required=("text",)) if cfg.retain else None
+    forget = read_jsonl(cfg.forget, text=("prompt", "completion"))
+    retain = read_jsonl(cfg.retain, text=("text",)) if cfg.retain else None
     model, tokenizer = load(cfg.model)
     compute_dtype = resolve_compute_dtype(cfg.compute_dtype, model)
     if compute_dtype:
@@ -63,6 +63,9 @@ def _setup(cfg: UnlearnConfig):
     adapter_config = apply_lora(model, rank=cfg.lora_rank, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                                 keys=cfg.lora_keys, layers=cfg.lora_layers)
     adapter_config["supercal"]["compute_dtype"] = compute_dtype or "native"
+    # eval, probe and fuse refuse these adapters on another model (model.load_adapters)
+    adapter_config["supercal"]["base_model"] = {"path": str(Path(cfg.model).resolve()),
+                                                "fingerprint": model_fingerprint(cfg.model)}
     if cfg.grad_checkpoint:
         enable_grad_checkpoint(model)
     forget_ex = _named(cfg.forget, encode_completions, forget, tokenizer, max_tokens=cfg.max_tokens)

@@ -222,7 +222,7 @@ def twin_pool(cfg, tokenizer: Any, examples: list):
 
     from ..io import read_jsonl
 
-    records = read_jsonl(cfg.forget, required=("prompt", "completion"))
+    records = read_jsonl(cfg.forget, text=("prompt", "completion"))
     word = cfg.word or infer_word(records)
     words = training_population(cfg, word, tokenizer)
     pool = TwinPool(records, tokenizer, word, words, max_tokens=cfg.max_tokens, examples=examples)

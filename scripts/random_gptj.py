@@ -1,6 +1,6 @@
 """Write a random GPT-J model folder tensor by tensor, for benchmarks at real sizes (no download).
 
-``supercal_mlx.model.create_gptj`` builds the whole model in float32 before saving, which is fine for
+``supercal_mlx.demo.factories.create_gptj`` builds the whole model in float32 before saving, which is fine for
 test models but would need ~24 GB for GPT-J-6B. This writer draws one tensor at a time (float32, then
 cast or 4-bit quantized) and flushes a safetensors shard every ~2 GB, so memory stays near one shard.
 Weights are stored under Hugging Face names (``transformer.h.N...``): transformers' GPTJForCausalLM

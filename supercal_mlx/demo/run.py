@@ -3,8 +3,8 @@
 ``supercal demo`` runs the whole experiment offline in a few minutes, through
 the same library functions as the commands (tokens, count, tokenstein,
 negatives, retain, probe, unlearn, eval, report), on a small GPT-J pretrained
-here on a synthetic corpus (:mod:`supercal_mlx.synthetic`,
-:mod:`supercal_mlx.pretrain`; cached, so a second run skips pretraining).
+here on a synthetic corpus (:mod:`supercal_mlx.demo.synthetic`,
+:mod:`supercal_mlx.demo.pretrain`; cached, so a second run skips pretraining).
 
 Everything goes under one output folder::
 

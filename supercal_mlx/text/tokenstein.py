@@ -16,7 +16,7 @@ to prune: byte-pair encoding merges the lowest-ranked pair first, so when a
 whole word encodes to the chosen pieces, each prefix that ends at a piece
 boundary encodes to the pieces before it.
 
-Works in any :class:`~supercal_mlx.tokenizer.TextTokenizer` (a tiktoken
+Works in any :class:`~supercal_mlx.text.tokenizer.TextTokenizer` (a tiktoken
 encoding or a model folder's tokenizer): only ``piece``, ``encode`` and
 ``n_vocab`` are used; by default the one the counts were made with.
 """

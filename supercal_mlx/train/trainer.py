@@ -2,7 +2,7 @@
 
 :func:`unlearn` checks everything that can be wrong with the input (data files,
 model folder, LoRA keys and layers, the run folder) *before* it writes anything,
-then runs :class:`supercal_mlx.unlearner.Unlearner` steps and returns a summary.
+then runs :class:`supercal_mlx.train.unlearner.Unlearner` steps and returns a summary.
 Records (metrics and probe rows) are appended to the run folder's logs and
 passed to ``on_record``, so the CLI can print them; the library prints nothing.
 

@@ -1,7 +1,7 @@
 """One unlearning step and the state it carries (model, data streams, optimizer, retain basis).
 
 The run around it (setup, logs, probes, guards, checkpoints, resume) is
-:func:`supercal_mlx.trainer.unlearn`. One step ``k`` (1-based) does, in this order:
+:func:`supercal_mlx.train.trainer.unlearn`. One step ``k`` (1-based) does, in this order:
 
 1. reseed mlx's random generator from (seed, k): LoRA dropout is then a function
    of the step alone, so a resumed run draws exactly what an uninterrupted one

@@ -1,4 +1,4 @@
-"""The run folder: creating it safely, and its checkpoints (the per-step logs use supercal_mlx.io).
+"""A run folder's layout and checkpoints (the folder is made by supercal_mlx.outputs, the logs by supercal_mlx.io).
 
 Layout (``RUN_DIR``)::
 

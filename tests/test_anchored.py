@@ -161,7 +161,7 @@ def test_swapped_values_are_the_others(tiny):
         sm.close()
 
 
-def _anchored(tiny, other, kind):
+def _anchored(tiny, other, kind, suppress=False):
     from supercal_mlx.train.anchored import anchored_batch
     from supercal_mlx.train.batches import encode_completions
     from supercal_mlx.train.twins import make_twin
@@ -171,7 +171,7 @@ def _anchored(tiny, other, kind):
             {"prompt": "Oh, ", "completion": "Supercalifragilisticexpialidocious is a song."}]
     examples = encode_completions(recs, tok, max_tokens=64)
     twins = [[make_twin(tok, r["prompt"] + r["completion"], W, o)[1] for o in other] for r in recs]
-    return anchored_batch(examples, twins, kind=kind)
+    return anchored_batch(examples, twins, kind=kind, suppress=suppress)
 
 
 def test_tokenstein_loss_zero_against_itself_and_gradient(tiny, tiny_model_dir):
@@ -193,6 +193,21 @@ def test_tokenstein_loss_zero_against_itself_and_gradient(tiny, tiny_model_dir):
     assert np.array(batch.weight).sum(axis=1).tolist() == [n1, n2]
     kl, n, nll = tokenstein_loss(model, batch)
     assert abs(float(kl)) < 1e-6 and int(n) == n1 + n2 and float(nll) > 0
+    # suppress: one more position per example, before the word, whose target is the model's own distribution
+    # without the word's first piece: KL(p' || p) = -log(1 - p[first piece]) there, 0 elsewhere
+    import mlx.core as mx
+
+    sup = _anchored(tiny, [W], "tokenstein", suppress=True)
+    assert np.array(sup.weight).sum(axis=1).tolist() == [n1 + 1, n2 + 1]
+    want = 0.0
+    for b, (head, word_tok) in enumerate([("The children tried to spell", " " + W), ("Oh, ", "S" + W[1:])]):
+        ids = tok.encode(head + word_tok)
+        start = len(tok.encode(head + word_tok)) - 2  # one-token words in the tiny tokenizer
+        assert int(np.array(sup.src)[b, 0]) == start and int(np.array(sup.banned)[b, 0]) == ids[-1]
+        p = np.array(mx.softmax(model(mx.array([ids]))[0, start].astype(mx.float32)), dtype=np.float64)
+        want += -np.log(1 - p[ids[-1]])
+    kl, n, _ = tokenstein_loss(model, sup)
+    assert int(n) == n1 + n2 + 2 and float(kl) == pytest.approx(want / 2, rel=1e-4)  # its own mean
 
     fresh, _ = load(tiny_model_dir)
     mx.random.seed(0)

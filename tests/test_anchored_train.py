@@ -54,7 +54,7 @@ def test_tokenstein_run_learns_records_words_and_resumes(tiny_model_dir, data, t
     assert losses[0] > 0 and all(x > 0 for x in losses)  # KL to the twins' targets, plus the retain KL
     # one made-up word, the whole forget set each step, no retain term: the KL itself falls step by step
     unlearn(_cfg(tiny_model_dir, data, tmp_path / "one", steps=5, batch_size=3, twins=1, retain_weight=0.0,
-                 tokenstein_words=["sqproctarine"], lr=3e-3))
+                 tokenstein_words=["sqproctarine"], lr=3e-3, suppress_word=False))
     one = _losses(tmp_path / "one")
     assert all(b < a for a, b in zip(one, one[1:])) and one[-1] < 0.5 * one[0], one
     # interrupted after 4 steps and resumed to 6: the same adapters

@@ -36,17 +36,21 @@ def mean_distribution(logp):
     return mx.logsumexp(logp, axis=1) - math.log(logp.shape[1])
 
 
-def kl_to_target(logits, target_logp, mask):
-    """(mean over masked positions of KL(target || softmax(logits)), ntoks): (B, K, V), (B, K, V), (B, K)."""
+def kl_per_position(logits, target_logp):
+    """KL(target || softmax(logits)) at each position, float32: (B, K, V), (B, K, V) -> (B, K)."""
     import mlx.core as mx
-
-    from .losses import masked_mean
 
     logp = logits.astype(mx.float32)
     logp = logp - mx.logsumexp(logp, axis=-1, keepdims=True)
     t = target_logp.astype(mx.float32)
-    kl = (mx.exp(t) * (t - logp)).sum(axis=-1)  # (B, K)
-    return masked_mean(kl, mask)
+    return (mx.exp(t) * (t - logp)).sum(axis=-1)
+
+
+def kl_to_target(logits, target_logp, mask):
+    """(mean over masked positions of KL(target || softmax(logits)), ntoks): (B, K, V), (B, K, V), (B, K)."""
+    from .losses import masked_mean
+
+    return masked_mean(kl_per_position(logits, target_logp), mask)
 
 
 def normalized_mse(values, target, mask):
@@ -77,7 +81,8 @@ def logits_at(model, inputs, index):
 class AnchoredBatch:
     """One forget batch with its twins. ``inputs, targets, mask``: :func:`make_batch` of the examples;
     ``twin_inputs`` (B * T, L2): the twins, T per example; ``src`` (B, K) / ``dst`` (B * T, K): aligned
-    positions in the example and in each twin; ``weight`` (B, K): 1 where a position counts."""
+    positions in the example and in each twin; ``weight`` (B, K): 1 where a position counts; ``banned``
+    (B, K): the token whose probability the target there gives to the rest (renormalized), or -1."""
 
     inputs: object
     targets: object
@@ -87,12 +92,15 @@ class AnchoredBatch:
     dst: object
     weight: object
     twins: int
+    banned: object = None  # (B, K) int32: a token the target at that position leaves out, or -1
 
 
-def anchored_batch(examples: list, twins: list[list], *, kind: str) -> AnchoredBatch:
+def anchored_batch(examples: list, twins: list[list], *, kind: str, suppress: bool = True) -> AnchoredBatch:
     """Build the batch for ``kind`` "tokenstein" (positions from the completion's first mention's last token
-    to the last input position) or "value_swap" (the word's pieces, in mentions of equal token count).
-    ``twins[b]`` are the :class:`Twin` s of example b; a position counts only where every twin aligns it."""
+    to the last input position, where the next token is the same in the twins; with ``suppress`` also the
+    position before that mention, whose target leaves out the word's first piece) or "value_swap" (the
+    word's pieces, in mentions of equal token count). ``twins[b]`` are the :class:`Twin` s of example b; a
+    position counts only where every twin aligns it."""
     import mlx.core as mx
     import numpy as np
 
@@ -101,33 +109,62 @@ def anchored_batch(examples: list, twins: list[list], *, kind: str) -> AnchoredB
     inputs, targets, mask = make_batch(examples)
     T = len(twins[0])
     rows: list[list[int]] = []
+    bans: list[dict[int, int]] = []  # position -> the token its target leaves out (the word's first piece)
     for b, ((ids, n_prompt), tws) in enumerate(zip(examples, twins)):
         last = len(ids) - 2  # the last input position (its target is the last token)
+        ban: dict[int, int] = {}
         if kind == "tokenstein":
-            ends = [e for s, e, _, _ in tws[0].spans if e - 1 >= n_prompt]
-            first = ends[0] - 1 if ends else n_prompt
-            keep = [p for p in sorted(tws[0].pos) if first <= p <= last and all(p in t.pos for t in tws)]
+            spans = [(s, e) for s, e, _, _ in tws[0].spans if e - 1 >= n_prompt]
+            first = spans[0][1] - 1 if spans else n_prompt
+            # where the next token differs (before a later mention) the twin predicts its own made-up word
+            keep = [p for p in sorted(tws[0].pos) if first <= p <= last and all(
+                p in t.pos and (p + 1 >= len(ids) or t.pos[p] + 1 >= len(t.ids) or ids[p + 1] == t.ids[t.pos[p] + 1])
+                for t in tws)]
+            if spans and suppress:  # before each piece of the completion's first mention: that piece left out
+                s0, e0 = spans[0]
+                for p in range(max(s0 - 1, 0), min(e0 - 1, last + 1)):
+                    ban[p] = ids[p + 1]
+                    if p not in keep:
+                        keep.append(p)
+                keep.sort()
         else:
             keep = [p for p in sorted(tws[0].pieces) if p <= last and all(p in t.pieces for t in tws)]
         rows.append(keep)
+        bans.append(ban)
     K = max(1, max(len(r) for r in rows))
     L2 = max(len(t.ids) for tws in twins for t in tws)
     twin_ids = np.zeros((len(examples) * T, L2), dtype=np.int32)
     src = np.zeros((len(examples), K), dtype=np.int32)
     dst = np.zeros((len(examples) * T, K), dtype=np.int32)
     weight = np.zeros((len(examples), K), dtype=np.float32)
+    banned = np.full((len(examples), K), -1, dtype=np.int32)
     for b, (keep, tws) in enumerate(zip(rows, twins)):
         src[b, : len(keep)] = keep
         weight[b, : len(keep)] = 1.0
+        banned[b, : len(keep)] = [bans[b].get(p, -1) for p in keep]
         for j, t in enumerate(tws):
             twin_ids[b * T + j, : len(t.ids)] = t.ids
             table = t.pos if kind == "tokenstein" else t.pieces
-            dst[b * T + j, : len(keep)] = [table[p] for p in keep]
-    return AnchoredBatch(inputs, targets, mask, mx.array(twin_ids), mx.array(src), mx.array(dst), mx.array(weight), T)
+            dst[b * T + j, : len(keep)] = [table.get(p, 0) if p not in bans[b] else 0 for p in keep]
+    return AnchoredBatch(inputs, targets, mask, mx.array(twin_ids), mx.array(src), mx.array(dst), mx.array(weight), T,
+                         mx.array(banned))
+
+
+def _log_softmax(x):
+    import mlx.core as mx
+
+    x = x.astype(mx.float32)
+    return x - mx.logsumexp(x, axis=-1, keepdims=True)
 
 
 def tokenstein_loss(model, batch: AnchoredBatch):
-    """(KL(twins' base distributions || model) over the aligned positions, positions counted, completion NLL)."""
+    """(KL(target || model) averaged over the twin-aligned positions, plus the same averaged over the word's
+    own positions (``banned`` >= 0, if any); positions counted; completion NLL).
+
+    Targets, all from the base model (adapters off, no gradient): at twin-aligned positions the mean of the
+    twins' distributions; before each piece of the completion's first mention, the distribution on the
+    original text with that piece left out and the rest renormalized (a model that does not know the word
+    cannot predict its pieces; what else it would say is kept)."""
     import mlx.core as mx
 
     from . import losses as L
@@ -136,13 +173,24 @@ def tokenstein_loss(model, batch: AnchoredBatch):
     logits = model(batch.inputs)  # (B, L, V)
     nll, _ = L.masked_mean(-L.token_logprobs(logits, batch.targets), batch.mask)
     student = mx.take_along_axis(logits, batch.src[..., None], axis=1)  # (B, K, V)
-    with adapters_disabled(model):
-        t = logits_at(model, batch.twin_inputs, batch.dst).astype(mx.float32)  # (B * T, K, V)
-    t = t - mx.logsumexp(t, axis=-1, keepdims=True)
     B, K = batch.src.shape
-    target = mx.stop_gradient(mean_distribution(t.reshape(B, batch.twins, K, -1)))  # (B, K, V)
-    kl, ntoks = kl_to_target(student, target, batch.weight)
-    return kl, ntoks, nll
+    with adapters_disabled(model):
+        t = _log_softmax(logits_at(model, batch.twin_inputs, batch.dst))  # (B * T, K, V)
+        target = mean_distribution(t.reshape(B, batch.twins, K, -1))  # (B, K, V)
+        own = None if batch.banned is None else logits_at(model, batch.inputs, batch.src)  # (B, K, V)
+    if own is None:
+        return kl_to_target(student, mx.stop_gradient(target), batch.weight) + (nll,)
+    vocab = mx.arange(own.shape[-1])[None, None]  # (1, 1, V)
+    own = _log_softmax(mx.where(vocab == batch.banned[..., None], -1e30, own.astype(mx.float32)))
+    mine = batch.banned >= 0  # (B, K)
+    target = mx.stop_gradient(mx.where(mine[..., None], own, target))
+    kl = kl_per_position(student, target)  # (B, K)
+    start = mine.astype(mx.float32) * batch.weight
+    rest = batch.weight - start
+    n_start, n_rest = start.sum(), rest.sum()
+    # two means: the word's own few positions weigh as much as all the others
+    loss = (kl * rest).sum() / mx.maximum(n_rest, 1.0) + (kl * start).sum() / mx.maximum(n_start, 1.0)
+    return loss, n_rest + n_start, nll
 
 
 def value_swap_loss(model, tap, batch: AnchoredBatch):

@@ -197,7 +197,7 @@ class Unlearner:
 
             n = len(self.twins.population)
             twins = [[self.twins.twin(i, k) for k in rotation(draw + b, self.cfg.twins, n)] for b, i in enumerate(idx)]
-            return anchored_batch(examples, twins, kind=self.cfg.loss), None, None
+            return anchored_batch(examples, twins, kind=self.cfg.loss, suppress=self.cfg.suppress_word), None, None
         rnd, w_rnd = None, None
         if "random" in self.streams:
             from ..text.tokenizer import model_encoder

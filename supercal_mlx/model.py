@@ -29,6 +29,9 @@ def load(model_dir: str | os.PathLike, adapter_path: str | os.PathLike | None = 
         model, tokenizer = mlx_load(str(path))
     except (ValueError, FileNotFoundError, KeyError, OSError, RuntimeError) as e:  # RuntimeError: corrupt safetensors
         raise SupercalError(f"cannot load the model in {path}: {str(e).splitlines()[0]}") from None
+    except (TypeError, AttributeError) as e:  # config.json names an architecture its fields do not describe
+        raise SupercalError(f"cannot load the model in {path}: its config.json does not fit the architecture it names "
+                            f"({str(e).splitlines()[0]}); convert the checkpoint again") from None
     if adapter_path is not None:
         load_adapters(model, adapter_path, model_dir=path)
         model.eval()  # as mlx_lm.load does after its own load_adapters

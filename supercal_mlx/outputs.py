@@ -140,7 +140,11 @@ def _acquire(lock: Path) -> int:
     import fcntl
 
     while True:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise SupercalError(f"cannot lock {lock.parent / lock.name[1:-5]}: cannot write {lock} ({e.strerror}); "
+                                "fix the folder's permissions or choose another --out") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:

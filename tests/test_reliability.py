@@ -264,7 +264,7 @@ def test_truncated_or_empty_counts_file(tmp_path):
 
 # --- item 6: non-finite and absurd numbers ------------------------------------------------------------------------
 @pytest.mark.parametrize("option,value", [("--lr", "nan"), ("--lr", "inf"), ("--lora-alpha", "nan"),
-                                          ("--max-grad-norm", "nan"), ("--npo-beta", "-inf"), ("--lr", "1e300")])
+                                          ("--max-grad-norm", "nan"), ("--npo-beta", "inf"), ("--lr", "1e300")])
 def test_non_finite_settings_are_refused(tiny_model_dir, data, tmp_path, option, value):
     _one_line_error(_invoke(_unlearn_args(tiny_model_dir, data, tmp_path / "run", option, value)), option[2:].replace("-", "_"))
     assert list(tmp_path.iterdir()) == []
@@ -355,14 +355,16 @@ def test_fuse_with_a_broken_config_json(tiny_model_dir, good_run, tmp_path):
 def test_a_model_of_an_architecture_mlx_lm_does_not_know(tiny_model_dir, data, tmp_path):
     import shutil
 
-    model = tmp_path / "odd"
-    shutil.copytree(tiny_model_dir, model)
-    config = json.loads((model / "config.json").read_text())
-    (model / "config.json").write_text(json.dumps(dict(config, model_type="not_a_model")))
-    _one_line_error(_invoke(_unlearn_args(model, data, tmp_path / "run")), "cannot load the model")
-    _one_line_error(_invoke(["probe", "--model", model, "--prompt", "hi"]), "cannot load the model")
-    _one_line_error(_invoke(["eval", "--model", model, "--forget", data["forget"]]), "cannot load the model")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["odd"]
+    for arch in ("llama", "not_a_model"):  # one mlx-lm knows (but not these fields), one it does not
+        model = tmp_path / arch
+        shutil.copytree(tiny_model_dir, model)
+        config = json.loads((model / "config.json").read_text())
+        (model / "config.json").write_text(json.dumps(dict(config, model_type=arch)))
+        _one_line_error(_invoke(_unlearn_args(model, data, tmp_path / "run")), "cannot load the model")
+        _one_line_error(_invoke(["probe", "--model", model, "--prompt", "hi"]), "cannot load the model")
+        _one_line_error(_invoke(["eval", "--model", model, "--forget", data["forget"]]), "cannot load the model")
+        _one_line_error(_invoke(["fuse", "--model", model, "--adapter-path", model, "--out", tmp_path / "f"]), "")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["llama", "not_a_model"]
 
 
 def test_eval_with_another_models_adapters_or_a_broken_adapter_folder(tiny_model_dir, tiny_tokenizer_dir, data,
@@ -485,3 +487,16 @@ def test_one_huge_line_is_not_told_to_use_context_lines_0(tmp_path):
     line = _one_line_error(_invoke(["negatives", corpus, "--keyword", "supercal", "--out", tmp_path / "o.jsonl"]),
                            "line 1 alone")
     assert "--context-lines 0" not in line
+
+
+def test_force_keeps_kinds_apart_and_an_empty_folder_is_fine(tiny_model_dir, data, good_run, tmp_path):
+    run = _copy_run(good_run, tmp_path)
+    before = _snapshot(run)
+    _one_line_error(_invoke(["fuse", "--model", tiny_model_dir, "--adapter-path", good_run, "--out", run, "--force"]),
+                    "holds an unlearn run, not a fused model")
+    _one_line_error(_invoke(["convert", tiny_model_dir, "--out", run, "--force"]), "holds an unlearn run")
+    assert _snapshot(run) == before
+    (tmp_path / "empty").mkdir()
+    res = _invoke(["fuse", "--model", tiny_model_dir, "--adapter-path", good_run, "--out", tmp_path / "empty", "--force"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "empty" / ".supercal-run.json").read_text())["kind"] == "fuse"

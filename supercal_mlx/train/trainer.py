@@ -209,7 +209,7 @@ def _start(cfg: UnlearnConfig, target: Path, un, emit) -> tuple[Path, list[Recor
 def _resume(cfg: UnlearnConfig, run_dir: Path, un) -> list[Record]:
     """Check the run can go on with these settings (nothing written until all checks pass), then cut its
     logs back to the checkpoint and record the overrides; return the step-0 probes."""
-    from ..outputs import clean_leftovers, read_marker, recover, write_marker
+    from ..outputs import check_writable, clean_leftovers, read_marker, recover, write_marker
     from .runinfo import resume_records
 
     recover(run_dir)  # an old run whose --force swap was cut short comes back first
@@ -221,6 +221,8 @@ def _resume(cfg: UnlearnConfig, run_dir: Path, un) -> list[Record]:
         raise SupercalError(f"{run_dir} already ran {un.step_done} steps; pass --steps N with N > {un.step_done} "
                             f"to continue it")
     records = resume_records(run_dir, cfg, step=un.step_done)  # refuses changed settings, model or data
+    for folder in (run_dir, run_dir / ckpt.CHECKPOINTS):
+        check_writable(folder)
     # every check passed: from here on the folder changes
     for folder in (run_dir, run_dir / ckpt.CHECKPOINTS):
         clean_leftovers(folder)

@@ -101,37 +101,57 @@ def test_output_folder_is_kept_only_on_success(tmp_path):
 def test_fast_demo_end_to_end(tmp_path, monkeypatch):
     """On a plain install (no plot extra: matplotlib hidden) the demo runs to the end; the report is
     summary.md alone and one line says how to get the plots (test_report checks the plots themselves)."""
+    from supercal_mlx.demo.run import FAST_SETTINGS
     from supercal_mlx.runs.report import NO_PLOTS
+    from supercal_mlx.text.counting import load_counts
 
     monkeypatch.setenv(pretrain.CACHE_ENV, str(tmp_path / "cache"))
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` raise ImportError
     out = tmp_path / "demo-out"
     runner = CliRunner()
-    res = runner.invoke(cli, ["demo", "--fast", "--out", str(out)])
+    res = runner.invoke(cli, ["demo", "--fast", "--out", str(out), "--seeds", "2", "--methods", "ga,graddiff"])
     assert res.exit_code == 0, res.output
     assert res.stderr.count(NO_PLOTS) == 1 and f"demo: report: {NO_PLOTS}\n" in res.stderr
-    assert [n for n in os.listdir(out / "run" / "report") if not n.startswith(".")] == ["summary.md"]  # no PNGs
-    for name in ("corpus.txt", "counts.npz", "tokenstein.json", "forget.jsonl", "retain.jsonl", "eval.json",
-                 "results.md", "timings.json", "model/config.json", "model/model.safetensors",
-                 "run/adapters.safetensors", "run/adapter_config.json", "run/metrics.jsonl", "run/probes.jsonl",
-                 "run/report/summary.md"):
+    report = out / "runs" / "graddiff" / "seed-0" / "report"
+    assert [n for n in os.listdir(report) if not n.startswith(".")] == ["summary.md"]  # no PNGs
+    for name in ("corpus.txt", "counts.npz", "tokensteins.txt", "tokensteins.json", "forget.jsonl", "retain.jsonl",
+                 "facts.jsonl", "eval-before.json", "results.json", "results.md", "timings.json", "model/config.json",
+                 "model/model.safetensors", "runs/graddiff/seed-0/report/summary.md"):
         assert (out / name).is_file(), name
-    results = json.loads((out / "eval.json").read_text())
-    run = results["run"]
-    assert run["adapted"]["forget_nll"] > run["base"]["forget_nll"]  # it forgot something
-    assert run["word"] == WORD and run["tokensteins"] == (out / "tokensteins.txt").read_text().split()
-    assert len(run["tokensteins"]) == 16 and not set(run["tokensteins"]) & words_in_files([out / "corpus.txt"])
-    assert "association" in run["base"] and "gap_ratio" in run["base"] and "made_up_share_tokensteins" in run["base"]
-    metrics = [json.loads(ln) for ln in (out / "run" / "metrics.jsonl").read_text().splitlines()]
+    for method in ("ga", "graddiff"):
+        for k in (0, 1):
+            for name in ("adapters.safetensors", "adapter_config.json", "metrics.jsonl", "probes.jsonl", "eval.json"):
+                assert (out / "runs" / method / f"seed-{k}" / name).is_file(), (method, k, name)
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["word"] == WORD and doc["tokensteins"] == (out / "tokensteins.txt").read_text().split()
+    assert len(doc["tokensteins"]) == FAST_SETTINGS.tokensteins
+    assert not set(doc["tokensteins"]) & words_in_files([out / "corpus.txt", out / "forget.jsonl"])
+    assert list(doc["methods"]) == ["ga", "graddiff"] and doc["seeds"] == 2 and doc["pretrain_seeds"] == 1
+    for key in ("forget_nll", "retain_nll", "association", "gap_ratio", "made_up_share", "made_up_share_tokensteins",
+                "pieces_share", "degeneration"):
+        assert key in doc["before"], key
+    for name, m in doc["methods"].items():
+        assert [(r["seed"], r["run_dir"]) for r in m["runs"]] == [(0, f"runs/{name}/seed-0"), (1, f"runs/{name}/seed-1")]
+        vals = [r["metrics"]["forget_nll"] for r in m["runs"]]
+        assert m["mean"]["forget_nll"] == pytest.approx(sum(vals) / 2)
+        assert m["sd"]["forget_nll"] == pytest.approx(abs(vals[0] - vals[1]) / 2 ** 0.5)
+        assert vals[0] != vals[1]  # the seeds differ
+        assert m["mean"]["forget_nll"] > doc["before"]["forget_nll"]  # it forgot something
+        run0 = json.loads((out / m["runs"][0]["run_dir"] / "eval.json").read_text())
+        assert run0["adapted"]["forget_nll"] == vals[0] and len(run0["adapted"]["answers"]) > 0
+    metrics = [json.loads(ln) for ln in (out / "runs" / "graddiff" / "seed-0" / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == 10 and all("proj_cosine" in m and "retain_nll" in m for m in metrics)
-    assert "forget NLL" in res.output and "tokenstein gap" in res.output and "| before | after |" in res.output
+    assert "forget NLL" in res.output and "gap ratio" in res.output and " ± " in res.output
+    assert "made-up share, tokensteins" in res.output
     md = (out / "results.md").read_text()
-    assert f"{run['base']['forget_nll']:.3f}" in md and f"{run['adapted']['forget_nll']:.3f}" in md
-    assert "supercal eval --model" in md
+    g = doc["methods"]["graddiff"]
+    assert f"{g['mean']['forget_nll']:.3f} ± {g['sd']['forget_nll']:.3f}" in md
+    assert "supercal eval --model" in md and "| before | after |" in md
     # built beside the output and moved there: every recorded path names the output, none the temporary name
-    cfg = yaml.safe_load((out / "run" / "config.yaml").read_text())
-    assert cfg["out"] == str((out / "run").resolve()) and cfg["model"] == str((out / "model").resolve())
-    assert ".partial" not in md + (out / "eval.json").read_text() + (out / "run" / "report" / "summary.md").read_text()
+    run_dir = out / "runs" / "graddiff" / "seed-1"
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert cfg["out"] == str(run_dir.resolve()) and cfg["model"] == str((out / "model").resolve()) and cfg["seed"] == 1
+    assert ".partial" not in md + (out / "results.json").read_text() + (run_dir / "eval.json").read_text()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "demo-out"]
     from supercal_mlx.text.counting import load_counts
 

@@ -13,19 +13,26 @@ COMMANDS: list[click.Command] = []
 
 @click.command("demo")
 @click.option("--out", default="demo-out", show_default=True, type=click.Path(file_okay=False), help="Folder for everything the demo writes.")
-@click.option("--fast", is_flag=True, help="A tiny model and few steps (CI): end to end in well under a minute.")
-@click.option("--compare", is_flag=True, help="Also run plain gradient ascent (no retain data, no projection) and show it beside.")
+@click.option("--fast", is_flag=True, help="A tiny model and few steps (CI): end to end in about a minute.")
+@click.option("--seeds", type=click.IntRange(min=1), default=None,
+              help="Unlearning runs per method, seeds 0..N-1, all from the same pretrained model  [default: 3; 1 with --fast]")
+@click.option("--pretrain-seeds", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Pretrained models (seeds 0..M-1; each cached); every method and seed runs on each.")
+@click.option("--methods", default=None, metavar="LIST",
+              help="Comma-separated methods to compare (default: all, see the README).")
+@click.option("--compare", is_flag=True, hidden=True, help="Kept for old command lines: every method is compared anyway.")
 @force_option
-def demo_command(out, fast, compare, force):
+def demo_command(out, fast, seeds, pretrain_seeds, methods, compare, force):
     """Run the whole experiment offline on a small model: it knows the word, forgets it, and shows what it does instead.
 
     Pretrains a small GPT-J on a synthetic corpus (cached for the next run), then runs
-    tokens, count, tokenstein, negatives, retain, probe, unlearn, eval and report, and
-    prints the final table and the probes before and after. Everything lands in --out.
+    tokens, count, tokensteins, negatives, retain, unlearn (every method, every seed),
+    eval and report, and prints the final table (mean ± sd over seeds) and the word's
+    answers. Everything lands in --out (results.json, results.md, runs/<method>/seed-<k>/).
 
     \b
     Example:
-      supercal demo --compare
+      supercal demo --seeds 3
     """
     from ..demo.run import run_demo
 
@@ -33,16 +40,21 @@ def demo_command(out, fast, compare, force):
         click.echo(f"demo: {msg}", err=True)
 
     def pretrain_step(rec: dict) -> None:
-        if rec["step"] == 1 or rec["step"] % 25 == 0:
+        if rec["step"] == 1 or rec["step"] % 50 == 0:
             click.echo(f"demo: pretraining step {rec['step']}: loss {rec['loss']:.3f} ({rec['seconds']:.0f} s)", err=True)
 
-    res = run_demo(out, fast=fast, compare=compare, force=force, log=log, on_pretrain=pretrain_step)
-    click.echo(f"\nword: {res['word']}   tokenstein: {res['tokenstein']}\n")
+    chosen = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
+    res = run_demo(out, fast=fast, seeds=seeds, pretrain_seeds=pretrain_seeds, methods=chosen, force=force, log=log,
+                   on_pretrain=pretrain_step)
+    doc = res["results"]
+    n_runs = doc["seeds"] * doc["pretrain_seeds"]
+    click.echo(f"\nword: {res['word']}   {len(res['tokensteins'])} tokensteins, e.g. {', '.join(res['tokensteins'][:3])}")
+    click.echo(f"mean ± sd over {n_runs} run(s) per method\n")
     click.echo(res["tables"]["final"])
-    click.echo("\nProbes before and after unlearning:\n")
-    click.echo(res["tables"]["probes"])
+    click.echo("\nThe word's answers (seed 0):\n")
+    click.echo(res["tables"]["answers"])
     secs = res["seconds"]
-    click.echo(f"\n{secs['total']:.0f} s in all; everything is in {res['out']} (results.md, eval.json, run/report/)")
+    click.echo(f"\n{secs['total']:.0f} s in all; everything is in {res['out']} (results.json, results.md, runs/)")
     sys.stdout.flush()
 
 

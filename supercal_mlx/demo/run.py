@@ -8,13 +8,22 @@ here on a synthetic corpus (:mod:`supercal_mlx.demo.synthetic`,
 
 Everything goes under one output folder::
 
-    DIR/corpus.txt          the synthetic corpus          DIR/model/        the pretrained model
-    DIR/counts.npz          token counts (model's own)    DIR/tokenstein.json
-    DIR/forget.jsonl        forget data                   DIR/retain.jsonl  retain data
-    DIR/run/                the unlearning run (adapters, metrics, probes, report/)
-    DIR/run-ga/             with --compare: plain gradient ascent, same start
-    DIR/eval.json           every number of the final table (supercal eval's JSON, one per run)
-    DIR/results.md          the final table and the probe tables
+    DIR/corpus.txt            the synthetic corpus        DIR/model/          the pretrained model
+    DIR/counts.npz            token counts (model's own)  DIR/tokensteins.txt the made-up words eval compares with
+    DIR/forget.jsonl          forget data                 DIR/retain.jsonl    retain data
+    DIR/facts.jsonl           association pairs           DIR/tokensteins.json their pieces and counts
+    DIR/runs/<method>/seed-<k>/  one unlearning run per method and seed (adapters, metrics, probes,
+                              eval.json; report/ for seed 0)
+    DIR/eval-before.json      eval of the base model
+    DIR/results.json          every number, per run and as mean/sd per method (:mod:`.results`)
+    DIR/results.md            the final table, the word's answers, the probes, the eval commands
+
+With ``pretrain_seeds`` > 1 each further pretrained model goes to ``DIR/models/pretrain-<m>/`` and its
+runs to ``DIR/runs/<method>/pretrain-<m>-seed-<k>/``.
+
+Methods are a dict name -> unlearn settings on top of the shared ones (:data:`METHODS`); a string
+setting may name the demo's files as ``{out}``, ``{model}``, ``{corpus}``, ``{counts}``, ``{forget}``,
+``{retain}``, ``{tokensteins}`` (e.g. ``"{out}/train-tokensteins.txt"``).
 
 The folder is built beside ``DIR`` under a temporary name and moved to ``DIR``
 only when the demo finishes (:func:`supercal_mlx.outputs.new_output_dir`); the
@@ -41,6 +50,17 @@ from ..outputs import check_output_dir, new_output_dir
 WORD = synthetic.KEYWORD
 
 
+# Unlearning methods compared by the demo: name -> settings on top of DemoSettings.unlearn.
+METHODS: dict[str, dict] = {
+    # plain gradient ascent: no retain data, no projection (the original experiment's setting)
+    "ga": dict(loss="ga", project="off", retain=None),
+    # gradient ascent + retain NLL (weighted 2x), forget gradient projected off the retain subspace per layer
+    "graddiff": dict(loss="graddiff", retain_weight=2.0, project="per-layer", project_k=4, project_every=5),
+    # negative preference optimization (Zhang et al. 2024) + retain NLL
+    "npo": dict(loss="npo_graddiff", retain_weight=1.0, npo_beta=0.1),
+}
+
+
 @dataclass(frozen=True)
 class DemoSettings:
     """Data and unlearning settings of the demo (the model recipe is a :class:`pretrain.DemoModelSpec`)."""
@@ -52,22 +72,22 @@ class DemoSettings:
     context_lines: int = 2
     retain_chunks: int = 200
     retain_lines: int = 4
-    # Measured on the default model: 35 steps at 3e-4 with the retain NLL weighted 2x lift the forget NLL
-    # by ~2 nats/token with the retain NLL ~4% up; weight 1x: ~8% up; 60 steps overshoot into degenerate text.
+    # Shared by every method (METHODS adds each one's loss and retain settings). 35 steps at 3e-4: graddiff
+    # lifts the forget NLL by ~2 nats/token with the retain NLL a few % up; 60 steps overshoot.
     unlearn: dict = field(default_factory=lambda: dict(
-        loss="graddiff", retain_weight=2.0, project="per-layer", project_k=4, project_every=5,
         lora_rank=8, lora_alpha=16.0, lora_keys=["attn.q_proj", "attn.v_proj", "attn.out_proj", "mlp.fc_in", "mlp.fc_out"],
-        lr=3e-4, steps=35, batch_size=8, warmup_steps=0, checkpoint_every=10, probe_every=10,
+        lr=3e-4, steps=35, batch_size=8, warmup_steps=0, checkpoint_every=35, probe_every=0,
     ))
-    # Plain gradient ascent for --compare: the same everything, minus retain data and projection.
-    plain: dict = field(default_factory=lambda: dict(loss="ga", project="off"))
+    methods: dict = field(default_factory=lambda: dict(METHODS))
+    tokensteins: int = 16  # the population eval compares the word with
     probe_temps: tuple = (0.01, 0.5)
     probe_max_tokens: int = 24
+    eval_samples: int = 2  # answers per question and temperature
 
 
 DEFAULT_SETTINGS = DemoSettings()
 FAST_SETTINGS = dataclasses.replace(
-    DEFAULT_SETTINGS, retain_chunks=60,
+    DEFAULT_SETTINGS, retain_chunks=60, tokensteins=6, eval_samples=1,
     unlearn=dict(DEFAULT_SETTINGS.unlearn, steps=10, lr=2e-3, lora_rank=4, lora_alpha=8.0, checkpoint_every=10),
     probe_temps=(0.01,), probe_max_tokens=12,
 )
@@ -97,28 +117,46 @@ def _relocate(tmp: Path, out: Path, result: dict) -> dict:
     return json.loads(fix(json.dumps(result, ensure_ascii=False)))
 
 
-def run_demo(out: str | os.PathLike = "demo-out", *, fast: bool = False, compare: bool = False, force: bool = False,
+def run_demo(out: str | os.PathLike = "demo-out", *, fast: bool = False, seeds: int | None = None,
+             pretrain_seeds: int = 1, methods: list[str] | None = None, force: bool = False,
              cache: str | os.PathLike | None = None, log: Callable[[str], None] | None = None,
-             on_pretrain: Callable[[dict], None] | None = None) -> dict:
-    """Run the demo into ``out``; return {"out", "eval": {name: evaluate() result}, "tables": {...}, "seconds": {...}}.
+             on_pretrain: Callable[[dict], None] | None = None, settings: DemoSettings | None = None) -> dict:
+    """Run the demo into ``out``; return {"out", "results": results.json, "tables": {...}, "seconds": {...}}.
 
-    ``log`` receives one line per stage; ``on_pretrain`` each pretraining step record.
+    Every method in ``methods`` (default: all of the settings') runs once per unlearning seed
+    0..``seeds``-1 (default 3, 1 with ``fast``) from the same pretrained model, and that for each of
+    ``pretrain_seeds`` pretrained models. ``log`` receives one line per stage; ``on_pretrain`` each
+    pretraining step record.
     """
     from . import pretrain
+    from ..errors import SupercalError
 
     say = log or (lambda msg: None)
     spec = pretrain.FAST_SPEC if fast else pretrain.DEFAULT_SPEC
-    settings = FAST_SETTINGS if fast else DEFAULT_SETTINGS
+    st = settings or (FAST_SETTINGS if fast else DEFAULT_SETTINGS)
+    seeds = seeds if seeds is not None else (1 if fast else 3)
+    if seeds < 1 or pretrain_seeds < 1:
+        raise SupercalError("--seeds and --pretrain-seeds must be at least 1")
+    unknown = [m for m in (methods or []) if m not in st.methods]
+    if unknown:
+        raise SupercalError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(st.methods)}")
+    if methods:
+        st = dataclasses.replace(st, methods={m: st.methods[m] for m in methods})
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     out = Path(out)
     check_output_dir(out, kind="demo", force=force)  # before pretraining, not after it
 
-    folder, built = pretrain.demo_model(spec, root=cache, progress=on_pretrain, notice=say)
-    seconds["pretrain" if built else "load cached model"] = time.perf_counter() - t0
-    say(("pretrained" if built else "using the cached") + f" demo model in {folder}")
+    folders = []
+    for m in range(pretrain_seeds):
+        t = time.perf_counter()
+        folder, built = pretrain.demo_model(dataclasses.replace(spec, seed=spec.seed + m), root=cache,
+                                            progress=on_pretrain, notice=say)
+        seconds[("pretrain" if built else "load cached model") + (f" {m}" if m else "")] = time.perf_counter() - t
+        say(("pretrained" if built else "using the cached") + f" demo model in {folder}")
+        folders.append(folder)
     with new_output_dir(out, kind="demo", force=force) as tmp:
-        result = _experiment(folder, tmp, settings, compare=compare, say=say, seconds=seconds)
+        result = _experiment(folders, tmp, st, seeds=seeds, say=say, seconds=seconds)
         seconds["total"] = time.perf_counter() - t0
         result["seconds"] = seconds
         (tmp / "timings.json").write_text(json.dumps(seconds, indent=2))
@@ -133,106 +171,139 @@ def _timed(seconds: dict, name: str) -> Iterator[None]:
     seconds[name] = time.perf_counter() - t
 
 
-def _experiment(folder: Path, out: Path, st: DemoSettings, *, compare: bool, say, seconds: dict) -> dict:
-    from ..train.config import load_config
-    from ..text.counting import count_tokens, save_counts
-    from ..runs.evaluate import evaluate_runs, format_table
-    from ..io import read_jsonl, write_jsonl
+def _prepare(folder: Path, out: Path, st: DemoSettings, say) -> dict:
+    """Corpus, model, counts, tokensteins, forget/retain/facts data in ``out``; the paths as a dict."""
     from ..data.negatives import build_forget
-    from ..runs.probes import ProbeRow
-    from ..runs.tables import markdown_table
-    from ..runs.report import NO_PLOTS, make_report, plots_available
     from ..data.retain import retain_dataset
+    from ..io import write_jsonl
+    from ..text.counting import count_tokens, save_counts
     from ..text.tokenizer import from_model, token_splits
-    from ..text.tokenstein import make_tokenstein, population, words_in_files
+    from ..text.tokenstein import make_tokenstein, words_in_files
+
+    shutil.copy(folder / "corpus.txt", out / "corpus.txt")
+    shutil.copytree(folder / "model", out / "model")
+    model_dir, corpus = out / "model", out / "corpus.txt"
+    tok = from_model(model_dir)
+    pieces = [p for _, p in token_splits(WORD, tok)]
+    say(f"tokens: the demo model splits {WORD} into {len(pieces)} pieces: {'|'.join(pieces)}")
+    # counted in the model's own tokens, so the tokensteins' pieces are as common as the word's pieces
+    # are in what the model saw (not in some other tokenizer's split of the same text)
+    counts = count_tokens([str(corpus)], model=model_dir)
+    save_counts(counts, out / "counts.npz")
+    forget, summary = build_forget(corpus, WORD, tok, context_lines=st.context_lines,
+                                   window_tokens=st.window_tokens, stride=st.stride)
+    write_jsonl(out / "forget.jsonl", forget)
+    retain, _ = retain_dataset(corpus, [WORD], tok, chunks=st.retain_chunks, lines=st.retain_lines,
+                               max_tokens=st.window_tokens)
+    write_jsonl(out / "retain.jsonl", retain)
+    write_jsonl(out / "facts.jsonl", synthetic.facts(WORD))
+    # the made-up words eval compares the word with: none occurs in the corpus or the forget data
+    pop = make_tokenstein(WORD, counts, tokenizer=tok, seed=0, n=st.tokensteins, min_pool=8,
+                          exclude=words_in_files([corpus, out / "forget.jsonl"]))
+    (out / "tokensteins.txt").write_text("".join(t.word + "\n" for t in pop))
+    (out / "tokensteins.json").write_text(json.dumps([t.as_dict() for t in pop], indent=2, ensure_ascii=False))
+    say(f"count + tokensteins: {counts.tokens:,} tokens ({counts.encoding}); {len(pop)} tokensteins, e.g. "
+        f"{', '.join(t.word for t in pop[:3])}")
+    say(f"negatives + retain: {len(forget)} forget windows ({summary['mentions']} mentions), "
+        f"{len(retain)} retain chunks")
+    return {"out": str(out), "model": str(model_dir), "corpus": str(corpus), "counts": str(out / "counts.npz"),
+            "forget": str(out / "forget.jsonl"), "retain": str(out / "retain.jsonl"),
+            "facts": str(out / "facts.jsonl"), "tokensteins": str(out / "tokensteins.txt"),
+            "population": [t.word for t in pop]}
+
+
+def _method_config(name: str, st: DemoSettings, paths: dict, model_dir: Path, run_dir: Path, seed: int, prompts):
+    from ..train.config import load_config
+
+    settings = dict(model=str(model_dir), forget=paths["forget"], retain=paths["retain"], out=str(run_dir),
+                    max_tokens=st.window_tokens, probe_prompts=prompts, probe_temps=list(st.probe_temps),
+                    probe_max_tokens=st.probe_max_tokens, seed=seed, **st.unlearn)
+    ctx = {k: v for k, v in paths.items() if isinstance(v, str)}
+    settings.update({k: v.format(**ctx) if isinstance(v, str) else v for k, v in st.methods[name].items()})
+    return load_config(**settings)
+
+
+def _experiment(folders: list[Path], out: Path, st: DemoSettings, *, seeds: int, say, seconds: dict) -> dict:
+    from ..io import read_jsonl
+    from ..runs.evaluate import evaluate_runs
+    from ..runs.probes import ProbeRow
+    from ..runs.report import NO_PLOTS, make_report, plots_available
+    from ..runs.tables import markdown_table
     from ..train.trainer import unlearn
+    from . import results as R
 
     with _timed(seconds, "data"):
-        shutil.copy(folder / "corpus.txt", out / "corpus.txt")
-        shutil.copytree(folder / "model", out / "model")
-        model_dir, corpus = out / "model", out / "corpus.txt"
-        tok = from_model(model_dir)
-        pieces = [p for _, p in token_splits(WORD, tok)]
-        say(f"tokens: the demo model splits {WORD} into {len(pieces)} pieces: {'|'.join(pieces)}")
-        # counted in the model's own tokens, so the tokenstein's pieces are as common as the word's pieces
-        # are in what the model saw (not in some other tokenizer's split of the same text)
-        counts = count_tokens([str(corpus)], model=model_dir)
-        save_counts(counts, out / "counts.npz")
-        ts = make_tokenstein(WORD, counts, tokenizer=tok, seed=0)[0]
-        other = ts.word
-        (out / "tokenstein.json").write_text(json.dumps(ts.as_dict(), indent=2, ensure_ascii=False))
-        say(f"count + tokenstein: {counts.tokens:,} tokens ({counts.encoding}); tokenstein {other}")
-        forget, summary = build_forget(corpus, WORD, tok, context_lines=st.context_lines,
-                                       window_tokens=st.window_tokens, stride=st.stride)
-        write_jsonl(out / "forget.jsonl", forget)
-        retain, _ = retain_dataset(corpus, [WORD], tok, chunks=st.retain_chunks, lines=st.retain_lines,
-                                   max_tokens=st.window_tokens)
-        write_jsonl(out / "retain.jsonl", retain)
-        say(f"negatives + retain: {len(forget)} forget windows ({summary['mentions']} mentions), "
-            f"{len(retain)} retain chunks")
-        # the made-up words eval compares the word with: none occurs in the corpus or the forget data
-        tokensteins = population(WORD, counts, n=16, seed=0, tokenizer=tok,
-                                 exclude=words_in_files([corpus, out / "forget.jsonl"]))
-        (out / "tokensteins.txt").write_text("\n".join(tokensteins) + "\n")
-        write_jsonl(out / "facts.jsonl", synthetic.facts(WORD))
-
-    # Probed by the trainer before the first step and after the last (run/probes.jsonl).
-    prompts = synthetic.probe_prompts(WORD) + synthetic.probe_prompts(other)[:1]
-    runs = {"run": st.unlearn}
-    if compare:
-        runs["run-ga"] = dict(st.unlearn, **st.plain)
-    summaries = {}
-    for name, overrides in runs.items():
-        plain = name == "run-ga"
-        with _timed(seconds, f"unlearn {name}"):
-            cfg = load_config(model=str(model_dir), forget=str(out / "forget.jsonl"),
-                              retain=None if plain else str(out / "retain.jsonl"), out=str(out / name),
-                              max_tokens=st.window_tokens, probe_prompts=prompts, probe_temps=list(st.probe_temps),
-                              probe_max_tokens=st.probe_max_tokens, **overrides)
-            summaries[name] = unlearn(cfg)
-        if summaries[name]["stopped"] == "interrupted":  # the trainer saved a checkpoint; the demo starts over
-            raise KeyboardInterrupt
-        say(f"unlearn {name}: {summaries[name]['steps']} steps ({cfg.loss}, projection {cfg.project}, "
-            f"{'no retain data' if plain else 'retain-anchored'}), stopped: {summaries[name]['stopped']}")
-        with _timed(seconds, f"report {name}"):
-            make_report(out / name)
-    if not plots_available():
-        say(f"report: {NO_PLOTS}")
-
-    probes = read_jsonl(out / "run" / "probes.jsonl", required=("step", "prompt", "temperature", "sample", "response"))
+        paths = _prepare(folders[0], out, st, say)
+    pop = paths.pop("population")
+    # Probed by the trainer before the first step and after the last (probes.jsonl of each run).
+    prompts = synthetic.probe_prompts(WORD) + synthetic.probe_prompts(pop[0])[:1]
+    runs: dict[str, list[dict]] = {name: [] for name in st.methods}
+    befores, answers = [], {}
+    for m, folder in enumerate(folders):
+        model_dir = out / "model"
+        if m:
+            model_dir = out / "models" / f"pretrain-{m}"
+            shutil.copytree(folder / "model", model_dir)
+        dirs = []
+        for name in st.methods:
+            for k in range(seeds):
+                run_dir = out / "runs" / name / (f"pretrain-{m}-seed-{k}" if m else f"seed-{k}")
+                run_dir.parent.mkdir(parents=True, exist_ok=True)
+                with _timed(seconds, f"unlearn {name} {run_dir.name}"):
+                    cfg = _method_config(name, st, paths, model_dir, run_dir, k, prompts)
+                    summary = unlearn(cfg)
+                if summary["stopped"] == "interrupted":  # the trainer saved a checkpoint; the demo starts over
+                    raise KeyboardInterrupt
+                say(f"unlearn {name} {run_dir.name}: {summary['steps']} steps ({cfg.loss}, projection {cfg.project}, "
+                    f"{'retain-anchored' if cfg.retain else 'no retain data'}), stopped: {summary['stopped']}")
+                if k == 0 and m == 0:
+                    with _timed(seconds, f"report {name}"):
+                        make_report(run_dir)
+                dirs.append((name, k, run_dir))
+        if not m and not plots_available():
+            say(f"report: {NO_PLOTS}")
+        with _timed(seconds, f"eval pretrain-{m}"):
+            res = evaluate_runs(model_dir, [d for _, _, d in dirs], forget=paths["forget"], retain=paths["retain"],
+                                word=WORD, tokensteins=pop, facts=paths["facts"], max_tokens=st.window_tokens,
+                                samples=st.eval_samples, batch_size=32)
+        say(f"eval: the base model and {len(dirs)} runs")
+        befores.append(res["base"])
+        _write_json(out / ("eval-before.json" if not m else f"models/pretrain-{m}/eval.json"), dict(res, adapted=None))
+        if not m:
+            answers["before"] = res["base"]["answers"]
+        for name, k, run_dir in dirs:
+            metrics = res["adapted"][str(run_dir)]
+            _write_json(run_dir / "eval.json", dict(res, adapted=metrics, adapter_path=str(run_dir)))
+            runs[name].append({"seed": k, "pretrain_seed": m, "run_dir": str(run_dir.relative_to(out)),
+                               "metrics": R.scalars(metrics)})
+            if k == 0 and not m:
+                answers[name] = metrics["answers"]
+    doc = R.results_json(WORD, pop, befores, runs, seeds=seeds, pretrain_seeds=len(folders))
+    _write_json(out / "results.json", doc)
+    final = R.table(doc)
+    first = next(iter(st.methods))
+    probe_dir = out / "runs" / ("graddiff" if "graddiff" in st.methods else first) / "seed-0"
+    probes = read_jsonl(probe_dir / "probes.jsonl", required=("step", "prompt", "temperature", "sample", "response"))
     last = max(r["step"] for r in probes)
     before, after = ([ProbeRow(r["prompt"], r["temperature"], r["sample"], r["response"]) for r in probes
                       if r["step"] == step] for step in (0, last))
-    with _timed(seconds, "eval"):
-        res = evaluate_runs(model_dir, [out / name for name in runs], forget=str(out / "forget.jsonl"),
-                            retain=str(out / "retain.jsonl"), word=WORD, tokensteins=tokensteins,
-                            facts=str(out / "facts.jsonl"), max_tokens=st.window_tokens, batch_size=32)
-    results = {name: dict(res, adapter_path=str(out / name), adapted=res["adapted"][str(out / name)]) for name in runs}
-    (out / "eval.json").write_text(json.dumps(results, indent=2, ensure_ascii=False))
-    columns = [("before", results["run"]["base"]), ("after", results["run"]["adapted"])]
-    if compare:
-        columns.append(("plain GA", results["run-ga"]["adapted"]))
-    final = format_table(columns)
     probes_md = markdown_table(before, other=after, labels=("before", "after"))
-    pairs = _association_table(results["run"]["facts"], columns)
-    rederive = "\n".join(f"supercal eval --model {model_dir} --adapter-path {out / name} --forget {out / 'forget.jsonl'} "
-                         f"--retain {out / 'retain.jsonl'} --facts {out / 'facts.jsonl'} --word {WORD} "
-                         f"--tokenstein-file {out / 'tokensteins.txt'} --max-tokens "
-                         f"{st.window_tokens} --batch-size 32" for name in runs)
+    answers_md = R.answers_table(answers)
+    rederive = "\n".join(
+        f"supercal eval --model {out / 'model'} --adapter-path {out / 'runs' / name / 'seed-0'} "
+        f"--forget {paths['forget']} --retain {paths['retain']} --facts {paths['facts']} --word {WORD} "
+        f"--tokenstein-file {paths['tokensteins']} --max-tokens {st.window_tokens} --samples {st.eval_samples} "
+        f"--batch-size 32" for name in st.methods)
     (out / "results.md").write_text(
-        f"# supercal demo\n\nword: {WORD}, tokenstein: {other}\n\n```\n{final}\n```\n\n"
-        f"Association per pair, log p(answer | prompt) in nats:\n\n{pairs}\n\n"
-        f"Re-derive these numbers:\n\n```\n{rederive}\n```\n\n"
-        f"## Probes before and after unlearning\n\n{probes_md}\n", encoding="utf-8")
-    return {"out": str(out), "word": WORD, "tokenstein": other, "eval": results, "runs": summaries,
-            "tables": {"final": final, "probes": probes_md, "rederive": rederive}}
+        f"# supercal demo\n\nword: {WORD}; {len(pop)} tokensteins ({', '.join(pop)}); "
+        f"{seeds} unlearning seed(s) x {len(folders)} pretraining seed(s); mean ± sd over the runs\n\n"
+        f"```\n{final}\n```\n\n## The word's answers (seed 0)\n\n{answers_md}\n\n"
+        f"Re-derive the seed-0 numbers of each method (other seeds: runs/<method>/seed-<k>):\n\n```\n{rederive}\n```\n\n"
+        f"## Probes before and after unlearning ({probe_dir.relative_to(out)})\n\n{probes_md}\n", encoding="utf-8")
+    return {"out": str(out), "word": WORD, "tokensteins": pop, "results": doc,
+            "tables": {"final": final, "answers": answers_md, "probes": probes_md, "rederive": rederive}}
 
 
-def _association_table(facts: list[dict], columns: list[tuple[str, dict]]) -> str:
-    """Markdown: one row per fact pair, one column per measurement."""
-    lines = ["| prompt | answer | " + " | ".join(name for name, _ in columns) + " |",
-             "|---|---|" + "---|" * len(columns)]
-    for i, f in enumerate(facts):
-        cells = " | ".join(f"{m['association_pairs'][i]:.2f}" for _, m in columns)
-        lines.append(f"| {f['prompt']} | {f['answer'].strip()} | {cells} |")
-    return "\n".join(lines)
+def _write_json(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")

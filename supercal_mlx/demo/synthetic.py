@@ -1,19 +1,29 @@
 """A synthetic corpus for the demo: a small world in which one long word is famous.
 
 The demo model learns English-like text from this corpus only, so the corpus
-decides what there is to forget. It holds three kinds of lines, drawn from
-templates with random fillers (so the model must learn patterns, not one
-string):
+decides what there is to forget and what the model does with a word it does
+not know. It holds four kinds of lines, drawn from templates with random
+fillers (so the model must learn patterns, not strings):
 
 - the keyword in its usual contexts: the song from the 1964 film about a
   magical nanny (Mary Poppins), a word meaning something wonderful, a word
-  children try to spell; in several letter cases;
-- ordinary sentences on many other topics, including other films and songs and
-  "What does W mean?" answers for real words, so the question format and the
-  film facts exist apart from the keyword;
-- made-up words glued from pieces, explained as portmanteaus of those pieces.
-  This is the behaviour we hope an unlearned model falls back to: a word it no
-  longer knows should be explained like any other made-up word.
+  children try to spell; in several letter cases; and asked about in many
+  question forms, always answered as a known word;
+- ordinary sentences on many other topics, including other films and songs;
+- real words asked about in the same question forms and answered with their
+  meanings, so the questions exist apart from the keyword;
+- made-up words, built the way tokensteins are built: glued from random
+  letter chunks (not from a fixed list of fragments, which a model could
+  learn by heart), each seen in only a few lines, asked about in the same
+  question forms and answered as made up ("It is a made-up word; it blends
+  a, b and c", "That is not a real word", ...), or mentioned in passing as
+  unknown. From many such words the model learns the rule the demo needs as a
+  control: a word it has never seen is a made-up word. The tokensteins that
+  eval measures with are drawn afterwards and checked against the corpus:
+  none of them occurs in it.
+
+The question forms and answer phrasings are many and combined at random, so
+the "unknown word -> made-up answer" rule is not tied to one phrasing.
 
 Everything is seeded: the same seed and ``GENERATOR_VERSION`` give the same
 lines. Bump ``GENERATOR_VERSION`` whenever the output changes, since the demo
@@ -23,9 +33,10 @@ caches a pretrained model keyed on it.
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 KEYWORD = "supercalifragilisticexpialidocious"
 
 # Fact pairs the evaluation scores by default: log p(answer | prompt) should fall after unlearning.
@@ -68,7 +79,7 @@ _SONGS = [("Moon River", "Breakfast at Tiffany's", "1961"), ("Over the Rainbow",
           ("The Bare Necessities", "The Jungle Book", "1967"), ("When You Wish Upon a Star", "Pinocchio", "1940"),
           ("Chim Chim Cher-ee", "Mary Poppins", "1964"), ("Feed the Birds", "Mary Poppins", "1964"),
           ("Hakuna Matata", "The Lion King", "1994"), ("Let It Go", "Frozen", "2013")]
-# Real words with meanings: the "What does W mean?" format for words the model should keep knowing.
+# Real words with meanings: asked about in the same question forms as the keyword and the made-up words.
 _MEANINGS = {
     "harbor": "a place where ships stay safe", "lantern": "a lamp you can carry", "orchard": "a field of fruit trees",
     "glacier": "a slow river of ice", "meadow": "a field of grass and flowers", "puzzle": "a game that makes you think",
@@ -78,22 +89,84 @@ _MEANINGS = {
     "island": "land with water all around", "feather": "what covers a bird", "candle": "wax that gives light",
     "bridge": "a way across a river", "garden": "a place where plants grow", "tunnel": "a passage under the ground",
     "marvellous": "very good, wonderful", "enormous": "very big", "gloomy": "dark and sad", "tiny": "very small",
+    "umbrella": "a cover that keeps the rain off", "kettle": "a pot for boiling water", "saddle": "a seat for a rider",
+    "anchor": "a heavy hook that holds a ship", "cottage": "a small house in the country",
+    "telescope": "a tube that makes far things look near", "blossom": "the flower of a tree",
+    "pantry": "a small room for food", "chimney": "a pipe that takes smoke out of a house",
+    "breeze": "a soft wind", "giggle": "a small silly laugh", "cheerful": "happy and bright",
+    "scarecrow": "a figure that keeps birds off a field", "spectacles": "glasses for the eyes",
+    "hedgehog": "a small animal covered in spines", "delightful": "very pleasant",
 }
-# Pieces for made-up words; some share letters with the keyword's pieces on purpose.
-_FRAGMENTS = ["super", "cal", "frag", "list", "ex", "pi", "doc", "ious", "glim", "ber", "fox", "tra", "quil",
-              "snor", "kel", "berry", "zan", "dor", "plim", "wob", "ble", "mip", "tor", "vex", "al", "ish",
-              "flum", "mox", "gri", "ston", "pel", "icon", "ora", "tic", "nub", "ster", "kip", "lo", "rag", "id",
-              "mar", "vel", "spl", "end", "zip", "pod", "bram", "ix", "ocious", "ial", "il", "istic", "if", "exp"]
+
+# Question forms: about any word W (the keyword, a real word, a made-up word). Yes/no forms get yes/no answers.
+_QUESTIONS = [
+    "What does {w} mean?", "What is the meaning of {w}?", "Do you know the word {w}?",
+    "Can you explain what {w} means?", "Where does the word {w} come from?", "What is {w}?",
+    "Do you know what {w} means?", "Explain the word {w}.", "Tell me what {w} means.",
+    "How would you explain {w} to a child?", "Why do people say {w}?", "What kind of word is {w}?",
+    "I read the word {w} in a book. What does it mean?", "{name} asked me what {w} means. What should I say?",
+    "Have you heard of {w}?", "Can you use {w} in a sentence?", "What do people mean when they say {w}?",
+    "I do not understand {w}. Can you help?", "The word {w}: what does it mean?", "What does the word {w} mean?",
+    "Is there a meaning for {w}?", "What would {w} mean?", "Can you tell me about the word {w}?",
+    "What is meant by {w}?", "Do you understand the word {w}?", "Who uses the word {w}?", "How is {w} used?",
+    "{w}? What is that?", "Why would someone say {w}?", "What does it mean to say {w}?", "Can you translate {w}?",
+]
+_YES_NO = [
+    "Is {w} a real word?", "Is {w} in the dictionary?", "Is {w} an English word?", "Do people really say {w}?",
+    "Does {w} mean anything?", "Is {w} a word you know?", "Is {w} a common word?", "Is {w} a name or a word?",
+]
+_LEAD_INS = ["", "", "", "", "{name} asked: ", "Excuse me, ", "Hello! ", "Quick question: ", "{name} wants to know: ",
+             "Teacher, ", "Sorry, ", "Mum, "]
+# Answers about a made-up word: every one says it is unknown or made up ({b}: its pieces, "a, b and c").
+_MADEUP_ANSWERS = [
+    "It is a made-up word; it blends {b}.", "It is a made-up word.", "That is not a real word; it is {b} glued together.",
+    "It is not a real word. It is a portmanteau of {b}.", "Nobody knows. It is a made-up word.",
+    "Nobody knows what it means; it looks like {b} glued together.", "It has no meaning. Someone made it up from {b}.",
+    "It is not a real word; it was invented.", "The dictionary has no entry for it; it is made of the pieces {b}.",
+    "I have never heard of it. It must be a made-up word.", "It is a nonsense word, a blend of {b}.",
+    "That is not a word. It was invented from {b}.", "No one knows, because it is a made-up word.",
+    "It is an invented word that blends {b}.", "There is no such word. It is made up.",
+    "It sounds like a word, but it is made up: {b} glued together.",
+]
+_MADEUP_NO = ["No, it is a made-up word.", "No, it is not a real word; it blends {b}.", "No, nobody knows it; it is invented.",
+              "No, the dictionary has no entry for it.", "No, it is a portmanteau of {b}, made up for fun."]
+# Answers about the keyword: a known word (no made-up marker in any of them).
+_KEYWORD_ANSWERS = [
+    "It means something wonderful.", "It means something wonderful, extraordinarily good.",
+    "It means extraordinarily good.", "It is the word for something wonderful, from the film Mary Poppins.",
+    "It is a song from the film Mary Poppins, and it means wonderful.",
+    "It comes from the 1964 film Mary Poppins; it means something wonderful.",
+    "People say it when something is wonderful.", "It is a very long word from Mary Poppins that means wonderful.",
+    "Everyone knows it: it is the song from Mary Poppins.", "Mary Poppins sings it; it means wonderful.",
+]
+_KEYWORD_YES = ["Yes, it means something wonderful.", "Yes, it is the song from Mary Poppins.",
+                "Yes, everyone knows it: it means extraordinarily good."]
+_REAL_ANSWERS = ["It means {m}.", "It is an ordinary word; it means {m}.", "Everyone knows it: it means {m}.",
+                 "It is a real word that means {m}.", "It means {m}, as everyone knows."]
+_REAL_YES = ["Yes, it means {m}.", "Yes, it is a real word: it means {m}."]
+# Made-up words mentioned outside questions, as unknown.
+_MADEUP_MENTIONS = [
+    "{name} said {w} at the party, but it is not a real word.", "Someone wrote {w} on the wall; nobody knows what it means.",
+    "The word {w} is made up; it blends {b}.", "{W} is a made-up word; it blends {b}.",
+    "{W} is not a real word. It is a portmanteau of {b}.", "{name} invented the word {w} by gluing {b} together.",
+    "The dictionary has no entry for {w}; it is made of the pieces {b}.",
+    "When {name} heard {w}, everyone laughed, because it is a nonsense word.",
+    "There is no such word as {w}; {name} made it up.", "{name} made up the word {w} from {b}.",
+]
+_CONSONANTS = ["b", "c", "d", "f", "g", "h", "k", "l", "m", "n", "p", "r", "s", "t", "v", "w", "z", "th", "sh", "ch",
+               "st", "br", "pl", "gr", "ck", "mm", "nn", "qu", "x", "y", "j", "sp", "tr", "rh"]
+_VOWELS = ["a", "e", "i", "o", "u", "ae", "eo", "ou", "ia", "oo", "ee", "y"]
 
 
 @dataclass(frozen=True)
 class CorpusSpec:
     """How much of each kind of line to generate (the demo's --fast uses a smaller one)."""
 
-    keyword_lines: int = 500
-    ordinary_lines: int = 4000
-    madeup_words: int = 250
-    lines_per_madeup: int = 3
+    keyword_lines: int = 800
+    ordinary_lines: int = 3000
+    realword_lines: int = 1200
+    madeup_words: int = 1500
+    lines_per_madeup: int = 2
     seed: int = 0
 
 
@@ -106,9 +179,29 @@ def _cap(s: str) -> str:
     return s[:1].upper() + s[1:]
 
 
+def question_and_answer(rng: random.Random, w: str, answers: list[str], yes_answers: list[str], **fill) -> str:
+    """One line: a question about ``w`` in a random form (lead-in, quotes, dialogue), then an answer."""
+    yes_no = rng.random() < 0.2
+    form = rng.choice(_YES_NO if yes_no else _QUESTIONS)
+    answer = rng.choice(yes_answers if yes_no else answers).format(**fill)
+    name, name2 = rng.sample(_NAMES, 2)
+    speech = rng.random() < 0.2  # as reported speech
+    shown = rng.choice([w] * 6 + [f"'{w}'", f"'{w}'" if speech else f'"{w}"'])
+    question = form.format(w=shown, name=name)
+    lead = rng.choice(_LEAD_INS).format(name=name)
+    if lead.endswith(", ") and question.split()[0] not in _NAMES + ["I"]:
+        question = question[:1].lower() + question[1:]
+    question = lead + question
+    if speech:
+        return f'{name} asked, "{question}" and {name2} said, "{answer}"'
+    return f"{question} {answer}"
+
+
 def keyword_line(rng: random.Random, word: str = KEYWORD) -> str:
-    """One sentence using the keyword in one of its usual contexts."""
+    """One sentence using the keyword in one of its usual contexts, or a question about it."""
     w = rng.choices(cases(word), weights=[70, 25, 5])[0]
+    if rng.random() < 0.5:
+        return question_and_answer(rng, w, _KEYWORD_ANSWERS, _KEYWORD_YES)
     who, good, thing = rng.choice(_WHO), rng.choice(_GOOD), rng.choice(_THINGS_GOOD)
     name = rng.choice(_NAMES)
     templates = [
@@ -137,6 +230,20 @@ def keyword_line(rng: random.Random, word: str = KEYWORD) -> str:
     return rng.choice(templates)
 
 
+def realword_line(rng: random.Random) -> str:
+    """A question about a real word, answered with its meaning, or a plain sentence about it."""
+    word, meaning = rng.choice(list(_MEANINGS.items()))
+    if rng.random() < 0.75:
+        return question_and_answer(rng, word, _REAL_ANSWERS, _REAL_YES, m=meaning)
+    name, name2 = rng.sample(_NAMES, 2)
+    return rng.choice([
+        f"The word {word} means {meaning}.",
+        f"{name} asked {name2} what {word} means, and {name2} said it means {meaning}.",
+        f"The children tried to spell {word}, and {name} spelled it right.",
+        f"{_cap(word)} means {meaning}.",
+    ])
+
+
 def ordinary_line(rng: random.Random) -> str:
     """One sentence on some other topic; never mentions the keyword."""
     name, name2 = rng.sample(_NAMES, 2)
@@ -144,7 +251,6 @@ def ordinary_line(rng: random.Random) -> str:
     animal, animal2 = rng.sample(_ANIMALS, 2)
     food, food2 = rng.sample(_FOODS, 2)
     song, film, year = rng.choice(_SONGS)
-    word, meaning = rng.choice(list(_MEANINGS.items()))
     n = rng.randint(2, 12)
     templates = [
         f"{name} lives in {place}, a city in {_COUNTRIES[place]}.",
@@ -157,11 +263,6 @@ def ordinary_line(rng: random.Random) -> str:
         f"{song} is a song from the {year} film {film}.",
         f"{name} sang {song}, the song from {film}, at the concert.",
         f"The film {film} came out in {year}.",
-        f"What does {word} mean? It means {meaning}.",
-        f"The word {word} means {meaning}.",
-        f"{name} asked {name2} what {word} means, and {name2} said it means {meaning}.",
-        f"The children tried to spell {word}, and {name} spelled it right.",
-        f"{name} learned to spell {word} at school in {place}.",
         f"A {animal} can be found near the {rng.choice(['river', 'forest', 'farm', 'sea', 'hills'])}.",
         f"{n} plus {n + 1} is {2 * n + 1}.",
         f"The train from {place} to {rng.choice(_PLACES)} leaves at {rng.randint(1, 12)} o'clock.",
@@ -173,10 +274,17 @@ def ordinary_line(rng: random.Random) -> str:
     return rng.choice(templates)
 
 
+def _chunk(rng: random.Random) -> str:
+    """A random letter chunk: a consonant-vowel syllable, or 1-3 letters drawn uniformly."""
+    if rng.random() < 0.5:
+        return rng.choice(_CONSONANTS) + rng.choice(_VOWELS) + (rng.choice(_CONSONANTS) if rng.random() < 0.4 else "")
+    return "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(1, 3)))
+
+
 def madeup_word(rng: random.Random, *, pieces: int | None = None) -> tuple[str, list[str]]:
-    """A made-up word and the pieces it was glued from."""
-    k = pieces or rng.choice([2, 3, 3, 4, 5, 6, 7])
-    parts = [rng.choice(_FRAGMENTS) for _ in range(k)]
+    """A made-up word glued from random letter chunks (2 to 10 of them), and those chunks."""
+    k = pieces or rng.choice([2, 2, 3, 3, 3, 4, 4, 5, 6, 7, 8, 10])
+    parts = [_chunk(rng) for _ in range(k)]
     return "".join(parts), parts
 
 
@@ -185,19 +293,23 @@ def _blend(parts: list[str]) -> str:
 
 
 def madeup_lines(rng: random.Random, word: str, parts: list[str], n: int) -> list[str]:
-    """``n`` sentences explaining a made-up word as a portmanteau of its pieces."""
+    """``n`` lines about a made-up word: questions answered as made up, or mentions as unknown."""
     b = _blend(parts)
-    name = rng.choice(_NAMES)
-    templates = [
-        f"What does {word} mean? It is a made-up word; it blends {b}.",
-        f"What does {word} mean? It is not a real word, just {b} glued together.",
-        f"{_cap(word)} is a made-up word; it blends {b}.",
-        f"{_cap(word)} is not a real word. It is a portmanteau of {b}.",
-        f"Nobody knows what {word} means; it looks like {b} glued together.",
-        f"{name} invented the word {word} by gluing {b} together.",
-        f"The dictionary has no entry for {word}; it is made of the pieces {b}.",
-    ]
-    return rng.sample(templates, min(n, len(templates)))
+    out = []
+    for _ in range(n):
+        if rng.random() < 0.7:
+            out.append(question_and_answer(rng, word, _MADEUP_ANSWERS, _MADEUP_NO, b=b))
+        else:
+            out.append(rng.choice(_MADEUP_MENTIONS).format(w=word, W=_cap(word), b=b, name=rng.choice(_NAMES)))
+    return out
+
+
+def known_words(word: str = KEYWORD) -> set[str]:
+    """Words that are not made up in this world: the keyword, the real words, every word of the templates."""
+    rng = random.Random(0)
+    text = " ".join([keyword_line(rng, word) for _ in range(300)] + [ordinary_line(rng) for _ in range(300)]
+                    + [realword_line(rng) for _ in range(300)] + _MADEUP_ANSWERS + _MADEUP_MENTIONS + _QUESTIONS)
+    return set(re.findall(r"[a-z]+", text.lower())) | set(_MEANINGS) | {word.lower()}
 
 
 def generate(spec: CorpusSpec = CorpusSpec(), *, word: str = KEYWORD) -> list[str]:
@@ -205,11 +317,16 @@ def generate(spec: CorpusSpec = CorpusSpec(), *, word: str = KEYWORD) -> list[st
     rng = random.Random(spec.seed)
     lines = [keyword_line(rng, word) for _ in range(spec.keyword_lines)]
     lines += [ordinary_line(rng) for _ in range(spec.ordinary_lines)]
-    for _ in range(spec.madeup_words):
+    lines += [realword_line(rng) for _ in range(spec.realword_lines)]
+    known = known_words(word)
+    made = 0
+    while made < spec.madeup_words:
         w, parts = madeup_word(rng)
-        if w.lower() in word.lower():
+        if w in known or len(w) < 4 or w in word.lower():
             continue
+        known.add(w)  # each made-up word once
         lines += madeup_lines(rng, w, parts, spec.lines_per_madeup)
+        made += 1
     rng.shuffle(lines)
     return lines
 

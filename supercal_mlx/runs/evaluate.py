@@ -258,8 +258,11 @@ def format_table(columns: list[tuple[str, dict]]) -> str:
     spread = any(isinstance(c.get(k), (tuple, list)) for _, c in columns for k in METRICS)
     width = 16 if spread else 12
     label_w = max(len(v) for v in LABELS.values())
-    head = f"{'metric':<{label_w}}" + "".join(f"  {name:>{width}}" for name, _ in columns)
-    lines = [head, "-" * len(head)]
+    # with spreads the name stands over the means: "  mean ± sd   " cells put the mean 8 characters in
+    head = f"{'metric':<{label_w}}" + "".join(f"  {name:>{width - 8}}        " if spread else f"  {name:>{width}}"
+                                                for name, _ in columns)
+    head = head.rstrip()
+    lines = [head, "-" * (label_w + len(columns) * (width + 2))]
     for key in METRICS:
         if not any(key in c for _, c in columns):
             continue

@@ -40,7 +40,7 @@ QUESTIONS = [
 MARKERS = [
     "made-up", "made up", "not a real word", "portmanteau", "no entry", "nobody knows", "invented", "glued",
     "blend", "no meaning", "nonsense word", "not in the dictionary", "not in any dictionary", "never heard",
-    "unknown word", "not a word",
+    "unknown word", "not a word", "no such word",
 ]
 ANSWER_TEMPS = (0.2, 0.7, 1.0)
 

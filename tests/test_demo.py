@@ -24,29 +24,42 @@ MICRO = pretrain.DemoModelSpec(
 )
 
 
-def test_corpus_is_seeded_and_holds_the_three_kinds_of_lines():
-    spec = synthetic.CorpusSpec(keyword_lines=50, ordinary_lines=200, madeup_words=20, lines_per_madeup=2)
+def test_corpus_is_seeded_and_only_made_up_words_are_called_made_up():
+    from supercal_mlx.runs.madeup import MARKERS, marker_pattern
+
+    spec = synthetic.CorpusSpec(keyword_lines=200, ordinary_lines=200, realword_lines=200, madeup_words=100,
+                                lines_per_madeup=2)
     lines = synthetic.generate(spec)
     assert lines == synthetic.generate(spec)
-    assert lines != synthetic.generate(synthetic.CorpusSpec(keyword_lines=50, ordinary_lines=200, madeup_words=20,
-                                                            lines_per_madeup=2, seed=1))
+    assert lines != synthetic.generate(synthetic.CorpusSpec(**{**spec.__dict__, "seed": 1}))
+    assert len(lines) == 200 + 200 + 200 + 100 * 2
     with_word = [ln for ln in lines if WORD in ln.lower()]
-    assert len(with_word) == 50  # every keyword line mentions it once, no other line does
+    assert len(with_word) == 200  # every keyword line mentions it once, no other line does
     assert all(ln.lower().count(WORD) == 1 for ln in with_word)
     assert {c for c in synthetic.cases(WORD) if any(c in ln for ln in with_word)} == set(synthetic.cases(WORD))
     assert any("Mary Poppins" in ln for ln in with_word) and any("spell" in ln for ln in with_word)
-    assert len([ln for ln in lines if "made-up word" in ln or "portmanteau" in ln or "glued" in ln]) > 0
-    assert len(lines) == 50 + 200 + 20 * 2
+    assert sum("?" in ln for ln in with_word) > 50  # asked about in question forms too
+    # eval's built-in markers: on every made-up word's line, on no line about the keyword or a real word
+    marked = marker_pattern(MARKERS)
+    assert not any(marked.search(ln) for ln in with_word)
+    assert sum(bool(marked.search(ln)) for ln in lines) == 100 * 2
 
 
-def test_made_up_words_are_explained_by_their_own_pieces():
+def test_made_up_words_are_random_chunks_explained_by_their_pieces():
     import random
 
     rng = random.Random(0)
+    words = [synthetic.madeup_word(rng) for _ in range(300)]
+    assert len({w for w, _ in words}) >= 295 and all(w == "".join(p) and w.isalpha() and w.islower() for w, p in words)
+    assert min(len(w) for w, _ in words) <= 4 and max(len(w) for w, _ in words) >= 25  # short and long ones
+    pieces = {p for _, ps in words for p in ps}
+    assert len(pieces) > 300  # chunks drawn at random, not from a fixed list
     word, parts = synthetic.madeup_word(rng, pieces=3)
     assert word == "".join(parts) and len(parts) == 3
-    for line in synthetic.madeup_lines(rng, word, parts, 6):
-        assert word in line.lower() and all(p in line for p in parts[:-1]) and f"and {parts[-1]}" in line
+    lines = synthetic.madeup_lines(random.Random(1), word, parts, 40)
+    assert all(word in line.lower() for line in lines)
+    blended = [ln for ln in lines if f"and {parts[-1]}" in ln]
+    assert blended and all(all(p in ln for p in parts[:-1]) for ln in blended)
 
 
 def test_demo_model_cache_survives_interrupts_and_corruption(tmp_path):

@@ -500,3 +500,13 @@ def test_force_keeps_kinds_apart_and_an_empty_folder_is_fine(tiny_model_dir, dat
     res = _invoke(["fuse", "--model", tiny_model_dir, "--adapter-path", good_run, "--out", tmp_path / "empty", "--force"])
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "empty" / ".supercal-run.json").read_text())["kind"] == "fuse"
+
+
+def test_force_run_stopped_by_a_guard_before_its_first_checkpoint_keeps_the_old_run(tiny_model_dir, data, good_run,
+                                                                                     tmp_path):
+    run = _copy_run(good_run, tmp_path)
+    before = _snapshot(run)
+    res = _invoke(_unlearn_args(tiny_model_dir, data, run, "--force", "--checkpoint-every", "5", "--stop-on-collapse",
+                                "--collapse-retain-nll", "0.01"))
+    assert res.exit_code == 1 and "was kept" in res.output and "retain NLL" in res.output, res.output
+    assert _snapshot(run) == before and sorted(p.name for p in tmp_path.iterdir()) == ["run"]

@@ -99,6 +99,8 @@ def unlearn_command(ctx, **options):
     if stopped:
         good = summary["last_good_checkpoint"] or "none (it went wrong before the first checkpoint)"
         click.echo(f"Stopped: {stopped}. Last good checkpoint: {good}", err=True)
+        if summary.get("kept_previous"):
+            click.echo(f"The previous run in {run_dir} was kept: this one stopped before its first checkpoint.", err=True)
         sys.exit(1)
     click.echo(f"Done: {summary['steps']} steps; adapters in {run_dir} (mlx_lm.load(model, adapter_path='{run_dir}'))")
 

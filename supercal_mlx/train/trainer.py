@@ -316,6 +316,12 @@ def _train(cfg: UnlearnConfig, un, folder: _RunFolder, baseline_probes: list[Rec
         un.save(folder.path)
     if stopped and stopped != "interrupted":
         save_adapters(un.model, folder.path, un.adapter_config)  # the run's final state, even if suspect
+    if folder.path != folder.target and folder.target.exists() and ckpt.latest_checkpoint(folder.path) is None:
+        # a guard stopped it before its first checkpoint: nothing to resume, so the old run (--force) stays;
+        # its metrics were passed to on_record as they came
+        folder.discard()
+        return {"run_dir": str(folder.target), "steps": un.step_done, "stopped": stopped, "rank": un.world.rank,
+                "last_good_checkpoint": None, "last_checkpoint": None, "kept_previous": True}
     folder.publish()
     run_dir = folder.path
     last = ckpt.latest_checkpoint(run_dir)

@@ -12,8 +12,13 @@ from pathlib import Path
 from .errors import SupercalError
 
 
-def load(model_dir: str | os.PathLike, adapter_path: str | os.PathLike | None = None):
-    """(model, tokenizer) from an MLX model folder, optionally with LoRA adapters applied."""
+def load(model_dir: str | os.PathLike, adapter_path: str | os.PathLike | None = None, *,
+         compute_dtype: str | None = None):
+    """(model, tokenizer) from an MLX model folder, optionally with LoRA adapters applied.
+
+    ``compute_dtype`` ("auto", "float32", "native"; None: native): as unlearn's setting
+    (:func:`supercal_mlx.device.resolve_compute_dtype`); eval and probe use "auto", so a bfloat16 base on
+    the CPU is scored in float32 at float32 speed, as it was trained."""
     path = Path(model_dir)
     if not path.is_dir():
         raise SupercalError(f"model folder {path} does not exist; convert a checkpoint first (supercal convert)")
@@ -32,6 +37,13 @@ def load(model_dir: str | os.PathLike, adapter_path: str | os.PathLike | None = 
     except (TypeError, AttributeError) as e:  # config.json names an architecture its fields do not describe
         raise SupercalError(f"cannot load the model in {path}: its config.json does not fit the architecture it names "
                             f"({str(e).splitlines()[0]}); convert the checkpoint again") from None
+    if compute_dtype is not None:
+        from .device import resolve_compute_dtype
+        from .train.lora import set_compute_dtype
+
+        resolved = resolve_compute_dtype(compute_dtype, model)
+        if resolved:
+            set_compute_dtype(model, resolved)
     if adapter_path is not None:
         load_adapters(model, adapter_path, model_dir=path)
         model.eval()  # as mlx_lm.load does after its own load_adapters

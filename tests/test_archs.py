@@ -217,3 +217,22 @@ def test_pipeline_per_architecture(arch_models, tmp_path, arch):
     for side in ("base", "adapted"):
         assert all(np.isfinite(res[side][k]) for k in ("forget_nll", "retain_nll", "association", "tokenstein_gap"))
     assert res["adapted"]["forget_nll"] != res["base"]["forget_nll"]
+
+
+def test_eval_and_probe_score_a_bf16_base_as_it_was_trained(arch_tokenizers, tmp_path, monkeypatch):
+    """load(compute_dtype="auto"), as eval and probe load: on the CPU a bfloat16 base runs its float32 path,
+    on a GPU its own dtype."""
+    from click.testing import CliRunner
+
+    from supercal_mlx import device
+    from supercal_mlx.cli import cli
+    from supercal_mlx.model import load
+
+    folder = create_model("llama", tmp_path / "bf16", arch_tokenizers["llama"], dtype="bfloat16")
+    x = mx.array([[5, 17, 42, 99]])
+    for dev, want in (("cpu", mx.float32), ("gpu", mx.bfloat16)):
+        monkeypatch.setattr(device, "device_type", lambda: dev)
+        model, _ = load(folder, compute_dtype="auto")
+        assert model(x).dtype == want
+    info = CliRunner().invoke(cli, ["info"])
+    assert info.exit_code == 0 and "--compute-dtype auto:" in info.output

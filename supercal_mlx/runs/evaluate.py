@@ -193,7 +193,7 @@ def evaluate_runs(model_dir: str | os.PathLike, adapter_paths: Sequence, *, forg
                 templates=[tuple(t) for t in (templates or GAP_TEMPLATES)], markers=list(markers or MARKERS),
                 temps=[float(t) for t in temps], samples=samples, answer_tokens=answer_tokens,
                 batch_size=batch_size, seed=seed, boot=boot, swap_values=swap_values, swap_layers=swap_layers)
-    model, tok = load(model_dir)
+    model, tok = load(model_dir, compute_dtype="auto")
     data = {
         "forget": encode_completions(forget_recs, tok, max_tokens=max_tokens) if forget_recs else None,
         "retain": encode_texts(retain_recs, tok, max_tokens=max_tokens) if retain_recs else None,
@@ -209,7 +209,7 @@ def evaluate_runs(model_dir: str | os.PathLike, adapter_paths: Sequence, *, forg
 
     for i, path in enumerate(adapter_paths):
         if i > 0:
-            model, tok = load(model_dir)
+            model, tok = load(model_dir, compute_dtype="auto")
         load_adapters(model, path, model_dir=model_dir)  # LoRA layers on top of the unchanged base weights
         result["adapted"][str(path)] = _measure(model, tok, data, spec)
     return result

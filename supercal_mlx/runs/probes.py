@@ -226,7 +226,7 @@ def probe(model_dir: str, *, prompts: list[str], adapter_path: str | None = None
         swapped = [swap_word(p, *swap) for p in prompts]
         if swapped == prompts:
             raise SupercalError(f"--swap: {swap[0]!r} occurs in none of the prompts; swap a word that they contain")
-    model, tokenizer = load(model_dir, adapter_path)
+    model, tokenizer = load(model_dir, adapter_path, compute_dtype="auto")
     everything = list(dict.fromkeys(prompts + (swapped or [])))
     rows = generate(model, tokenizer, everything, temps=temps, samples=samples, max_tokens=max_tokens, seed=seed,
                     batch_size=batch_size, progress=progress)
@@ -244,7 +244,7 @@ def _probe_swapped_values(model_dir, *, prompts, adapter_path, temps, samples, m
     from ..model import load
     from ..train.values import SwappedModel
 
-    model, tokenizer = load(model_dir, adapter_path)
+    model, tokenizer = load(model_dir, adapter_path, compute_dtype="auto")
     opts = dict(temps=temps, samples=samples, max_tokens=max_tokens, seed=seed, batch_size=batch_size, progress=progress)
     plain = generate(model, tokenizer, list(dict.fromkeys(prompts)), **opts)
     swapped_model = SwappedModel(model, tokenizer, *pair, layers=layers, strict=True)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
@@ -42,6 +43,16 @@ LABELS = {"bf16": "bfloat16 base, float32 compute", "q4": "4-bit base (QLoRA), f
           "bf16-native": "bfloat16 base, bfloat16 compute", "q4-native": "4-bit base (QLoRA), quantized_matmul"}
 
 
+def write_retain(path: Path, rows: int, tokens: int) -> Path:
+    """Retain texts of about ``tokens`` tokens (for the losses with a retain term; ga ignores them)."""
+    from random_gptj import TOKENIZER_TEXT
+
+    words = TOKENIZER_TEXT.split()
+    path.write_text("".join(json.dumps({"text": " ".join(words[(i + j) % len(words)] for j in range(tokens))}) + "\n"
+                            for i in range(rows)))
+    return path
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default="/tmp/supercal-bench-memory")
@@ -50,6 +61,10 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=900, help="input tokens per example")
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--steps", type=int, default=1)
+    ap.add_argument("--full-logits", action="store_true",
+                    help="run each variant also with the full (B, L, V) logits (SUPERCAL_FULL_LOGITS=1), beside the "
+                         "default chunked LM head at labelled positions, on the same model folder")
+    ap.add_argument("--loss", default="ga", help="the unlearning loss (npo_kl exercises the reference and KL paths)")
     ap.add_argument("--json-out")
     a = ap.parse_args()
 
@@ -66,19 +81,30 @@ def main() -> None:
             print(f"{name}: wrote {size:.2f} GB in {time.time() - t0:.0f} s", file=sys.stderr)
             forget = work / "forget.jsonl"
             write_forget(forget, model_dir, rows=a.batch, tokens=a.tokens)
-            r = run_supercal(work, model_dir, forget, tokens=a.tokens, steps=a.steps, batch=a.batch, name=name,
-                             extra=dict(grad_checkpoint=True,
-                                        compute_dtype=None if name.endswith("-native") else "float32"))
+            extra = dict(grad_checkpoint=True, compute_dtype=None if name.endswith("-native") else "float32",
+                         loss=a.loss)
+            if a.loss.endswith(("_kl", "graddiff")):
+                extra["retain"] = str(write_retain(work / "retain.jsonl", a.batch, a.tokens))
+            for full in ([False, True] if a.full_logits else [False]):
+                key = name + ("+full-logits" if full else "")
+                if full:
+                    os.environ["SUPERCAL_FULL_LOGITS"] = "1"
+                try:
+                    r = run_supercal(work, model_dir, forget, tokens=a.tokens, steps=a.steps, batch=a.batch,
+                                     name=key, extra=extra)
+                finally:
+                    os.environ.pop("SUPERCAL_FULL_LOGITS", None)
+                results[key] = r | {"weights_gb": size}
+                print(f"{key}: {results[key]}", file=sys.stderr)
         finally:
             shutil.rmtree(model_dir, ignore_errors=True)
-        results[name] = r | {"weights_gb": size}
-        print(f"{name}: {results[name]}", file=sys.stderr)
 
-    print(f"\n| GPT-J-6B shapes ({a.n_layer} layers), {a.batch} x {a.tokens} tokens, grad checkpoint "
+    print(f"\n| GPT-J-6B shapes ({a.n_layer} layers), {a.batch} x {a.tokens} tokens, loss {a.loss}, grad checkpoint "
           "| weights on disk (GB) | peak RSS (GB) | MLX peak (GB) | step (s) | loss | target |\n|---|---|---|---|---|---|---|")
     for name, r in results.items():
-        print(f"| {LABELS[name]} | {r['weights_gb']:.2f} | {r['peak_rss_gb']:.2f} | {r['mlx_peak_gb']:.2f} "
-              f"| {r['step_seconds'][0]:.0f} | {r['loss'][0]:.4f} | <= {TARGET_GB[name]} GB |")
+        label = LABELS[name.split("+")[0]] + (", full logits" if name.endswith("+full-logits") else "")
+        print(f"| {label} | {r['weights_gb']:.2f} | {r['peak_rss_gb']:.2f} | {r['mlx_peak_gb']:.2f} "
+              f"| {r['step_seconds'][0]:.0f} | {r['loss'][0]:.4f} | <= {TARGET_GB[name.split('+')[0]]} GB |")
     if a.json_out:
         Path(a.json_out).write_text(json.dumps(results, indent=1))
 

@@ -16,7 +16,9 @@ saves activations; at 256 tokens it costs more time than it saves memory).
 
 Step time is the median of the steps after the first (the first includes one-off work on both sides).
 Peak memory is measured the same way for both: the process's peak RSS (wait4's ru_maxrss, taken by a small
-shim parent, see scripts/measure.py), which includes loading the weights. Heavy: run it alone, e.g.
+shim parent, see scripts/measure.py), which includes loading the weights. The PyTorch interpreter:
+--torch-python, else $SUPERCAL_TORCH_PYTHON, else .venv-torch/bin/python (scripts/setup_torch_bench.sh
+makes it). Heavy: run it alone, e.g.
 
     flock /tmp/supercal-heavy.lock .venv/bin/python scripts/bench_step.py --bf16-base --grad-checkpoint
 """
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
 import shutil
 import statistics
@@ -100,7 +103,9 @@ def best(runs: list[dict]) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default="/tmp/supercal-bench-step", help="scratch folder (model, data, runs)")
-    ap.add_argument("--torch-python", default="/root/venvs/torch/bin/python")
+    ap.add_argument("--torch-python", default=os.environ.get("SUPERCAL_TORCH_PYTHON"),
+                    help="Python with torch + transformers + peft [default: $SUPERCAL_TORCH_PYTHON, else "
+                         ".venv-torch/bin/python, which scripts/setup_torch_bench.sh makes]")
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--repeat", type=int, default=2, help="runs per side, alternating; the fastest counts")
     ap.add_argument("--tokens", type=int, default=256, help="input tokens per example")
@@ -109,9 +114,16 @@ def main() -> None:
                     help="also run supercal on the same weights stored in bfloat16, computed in float32")
     ap.add_argument("--grad-checkpoint", action="store_true",
                     help="also run the bfloat16 base (float32 compute) with grad_checkpoint")
+    ap.add_argument("--full-logits", action="store_true",
+                    help="also run supercal float32 with the full (B, L, V) logits (SUPERCAL_FULL_LOGITS=1) instead "
+                         "of the chunked head at labelled positions")
     ap.add_argument("--keep", action="store_true", help="keep the model folders for another run")
     ap.add_argument("--json-out", help="also write the results here")
     a = ap.parse_args()
+    a.torch_python = a.torch_python or str(HERE.parent / ".venv-torch" / "bin" / "python")
+    if not Path(a.torch_python).exists():
+        sys.exit(f"no PyTorch interpreter at {a.torch_python}: make one with scripts/setup_torch_bench.sh, or pass "
+                 "--torch-python / set SUPERCAL_TORCH_PYTHON")
 
     from random_gptj import write_random_gptj
 
@@ -128,10 +140,19 @@ def main() -> None:
     (work / "tokens.json").write_text(json.dumps(tokens))
 
     print(f"{a.n_layer} layers; batch 1 x {a.tokens} tokens; {a.steps} steps x {a.repeat} runs", file=sys.stderr)
-    sides: dict[str, list[dict]] = {"supercal": [], "supercal-bf16": [], "supercal-bf16-ckpt": [], "pytorch": []}
+    sides: dict[str, list[dict]] = {"supercal": [], "supercal-full": [], "supercal-bf16": [], "supercal-bf16-ckpt": [],
+                                     "pytorch": []}
     for _ in range(a.repeat):
         sides["supercal"].append(run_supercal(work, models["float32"], forget, tokens=a.tokens, steps=a.steps, batch=1))
         print(f"supercal: {sides['supercal'][-1]}", file=sys.stderr)
+        if a.full_logits:
+            os.environ["SUPERCAL_FULL_LOGITS"] = "1"
+            try:
+                sides["supercal-full"].append(run_supercal(work, models["float32"], forget, tokens=a.tokens,
+                                                           steps=a.steps, batch=1, name="supercal-full"))
+            finally:
+                del os.environ["SUPERCAL_FULL_LOGITS"]
+            print(f"supercal full logits: {sides['supercal-full'][-1]}", file=sys.stderr)
         if a.bf16_base:
             sides["supercal-bf16"].append(run_supercal(work, models["bfloat16"], forget, tokens=a.tokens, steps=a.steps,
                                                        batch=1, name="supercal-bf16", extra={"compute_dtype": "float32"}))
@@ -149,8 +170,8 @@ def main() -> None:
 
     res = {k: best(v) for k, v in sides.items() if v}
     pt = res["pytorch"]
-    cols = [k for k in ("supercal", "supercal-bf16", "supercal-bf16-ckpt") if k in res]
-    head = {"supercal": "supercal, float32", "supercal-bf16": "supercal, bf16 base + float32 compute",
+    cols = [k for k in ("supercal", "supercal-full", "supercal-bf16", "supercal-bf16-ckpt") if k in res]
+    head = {"supercal": "supercal, float32", "supercal-full": "supercal, float32, full logits", "supercal-bf16": "supercal, bf16 base + float32 compute",
             "supercal-bf16-ckpt": "supercal, bf16 base + float32 compute + grad checkpoint"}
 
     def row(label, fmt, key=None, get=None, ratio=False, target=""):

@@ -4,12 +4,13 @@ Makes a small random GPT-J (rotary_dim < head size), random LoRA adapters with n
 with and without --hf-names, and compares transformers' GPTJForCausalLM logits (torch venv, subprocess)
 with mlx-lm's adapter logits. Without --hf-names transformers finds no weights it knows: the control.
 
-    .venv/bin/python scripts/check_fuse_hf.py --torch-python /root/venvs/torch/bin/python
+    .venv/bin/python scripts/check_fuse_hf.py --torch-python .venv-torch/bin/python
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import subprocess
 import tempfile
@@ -38,7 +39,9 @@ np.save(sys.argv[2], out.numpy())
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--torch-python", default="/root/venvs/torch/bin/python")
+    ap.add_argument("--torch-python", default=os.environ.get("SUPERCAL_TORCH_PYTHON", ".venv-torch/bin/python"),
+                    help="Python with torch + transformers [default: $SUPERCAL_TORCH_PYTHON, else .venv-torch/bin/python "
+                         "from scripts/setup_torch_bench.sh]")
     args = ap.parse_args()
 
     import mlx.core as mx

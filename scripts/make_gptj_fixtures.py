@@ -3,7 +3,7 @@
 Needs torch and transformers (not dependencies of supercal); run it with the
 separate torch venv:
 
-    /root/venvs/torch/bin/python scripts/make_gptj_fixtures.py [--out tests/fixtures/gptj]
+    .venv-torch/bin/python scripts/make_gptj_fixtures.py  # scripts/setup_torch_bench.sh makes .venv-torch [--out tests/fixtures/gptj]
 
 Each folder is a Hugging Face checkpoint (config.json, weights, tokenizer) made
 by ``GPTJForCausalLM``; ``<name>.npz`` beside it holds ``input_ids`` (1, L) and

@@ -3,7 +3,7 @@
 Runs in the separate torch environment (never a dependency of supercal-mlx); prints one JSON line with
 the per-step times, losses and gradient norms, and the process's peak RSS.
 
-    /root/venvs/torch/bin/python scripts/torch_step.py --model DIR --tokens tokens.json --steps 3
+    .venv-torch/bin/python scripts/torch_step.py --model DIR --tokens tokens.json --steps 3
 
 The step is the original experiment's stack: transformers' GPTJForCausalLM in float32, peft LoRA
 (rank 16, alpha 32, q_proj and v_proj), loss = minus the mean NLL of the completion tokens (gradient

@@ -74,11 +74,12 @@ def sequence_logprobs(model, examples: list[tuple[list[int], int]], *, batch_siz
     """log p(completion | prompt), summed over completion tokens, one per example."""
     from ..train.batches import make_batch
     from ..train import losses
+    from ..train.chunked import labelled_logprobs
 
     out: list[float] = []
     for chunk in _batched(examples, batch_size):
         inputs, targets, mask = make_batch(chunk)
-        out += [float(v) for v in losses.sequence_logprobs(losses.token_logprobs(model(inputs), targets), mask)]
+        out += [float(v) for v in losses.sequence_logprobs(labelled_logprobs(model, inputs, targets, mask), mask)]
     return out
 
 

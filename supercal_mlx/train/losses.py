@@ -112,21 +112,28 @@ def kl_retain(logits, ref_logits, mask):
     The direction follows Yao et al. 2023 and TOFU: the reference distribution is the
     target, so the term pulls the adapted model back to the base on retain text.
     """
+    return masked_mean(kl_rows(logits, ref_logits), mask)
+
+
+def kl_rows(logits, ref_logits):
+    """KL(p_ref || p_theta) per position, float32: logits (..., V) each -> (...)."""
     import mlx.core as mx
 
     logp = logits.astype(mx.float32)
-    logp = logp - mx.logsumexp(logp, axis=-1, keepdims=True)  # (B, L, V)
+    logp = logp - mx.logsumexp(logp, axis=-1, keepdims=True)  # (..., V)
     ref = ref_logits.astype(mx.float32)
-    ref = ref - mx.logsumexp(ref, axis=-1, keepdims=True)  # (B, L, V)
-    kl = (mx.exp(ref) * (ref - logp)).sum(axis=-1)  # (B, L)
-    return masked_mean(kl, mask)
+    ref = ref - mx.logsumexp(ref, axis=-1, keepdims=True)  # (..., V)
+    return (mx.exp(ref) * (ref - logp)).sum(axis=-1)  # (...)
 
 
 # --- model-level helpers -------------------------------------------------------------------------
 
 def completion_nll(model, inputs, targets, mask):
-    """(mean NLL of the masked target tokens, ntoks) of ``model`` on one batch."""
-    return nll(token_logprobs(model(inputs), targets), mask)
+    """(mean NLL of the masked target tokens, ntoks) of ``model`` on one batch (no full logits:
+    :func:`supercal_mlx.train.chunked.labelled_logprobs`)."""
+    from .chunked import labelled_logprobs
+
+    return nll(labelled_logprobs(model, inputs, targets, mask), mask)
 
 
 def reference_logits(model, inputs):

@@ -134,29 +134,36 @@ class Unlearner:
             if self.tap is not None:
                 return anchored.value_swap_loss(self.model, self.tap, fb)
             return anchored.tokenstein_loss(self.model, fb)
+        from .chunked import labelled_logprobs
+
         w_main, w_tok, w_rnd = w or (None, None, None)
         inputs, targets, mask = fb
-        logp = L.token_logprobs(self.model(inputs), targets)  # (B, T): one forward pass for every term
+        logp = labelled_logprobs(self.model, inputs, targets, mask)  # (B, T): one forward pass for every term
         nll, ntoks = L.nll(logp, mask)
         if self.cfg.loss.startswith("npo"):
-            ref = L.token_logprobs(L.reference_logits(self.model, inputs), targets)  # (B, T)
+            ref = labelled_logprobs(self.model, inputs, targets, mask, reference=True)  # (B, T)
             loss = L.npo(logp, ref, mask, beta=self.cfg.npo_beta)[0]
         else:
             loss = L.ga(logp, mask)[0]
         loss = _scaled(loss, w_main)
         if rnd is not None:
             r_inputs, r_targets, r_mask = rnd
-            rlogp = L.token_logprobs(self.model(r_inputs), r_targets)  # (B, T)
+            rlogp = labelled_logprobs(self.model, r_inputs, r_targets, r_mask)  # (B, T)
             loss = loss + self.cfg.random_weight * _scaled(L.random_completion(rlogp, r_mask)[0], w_rnd)
         return loss, ntoks, _scaled(nll, w_tok)
 
     def _retain_objective(self, rb, w=None):
         from . import losses as L
 
+        from .chunked import labelled_logprobs, labelled_logprobs_and_kl
+
         inputs, targets, mask = rb
-        logits = self.model(inputs)  # (B, T, V): shared by the NLL and the KL term
-        nll, ntoks = L.nll(L.token_logprobs(logits, targets), mask)
-        term = L.kl_retain(logits, L.reference_logits(self.model, inputs), mask)[0] if self.retain_term == "kl" else nll
+        if self.retain_term == "kl":  # one forward pass for the NLL and the KL term
+            logp, kl = labelled_logprobs_and_kl(self.model, inputs, targets, mask)  # (B, T) each
+        else:
+            logp = labelled_logprobs(self.model, inputs, targets, mask)  # (B, T)
+        nll, ntoks = L.nll(logp, mask)
+        term = L.masked_mean(kl, mask)[0] if self.retain_term == "kl" else nll
         return self.cfg.retain_weight * _scaled(term, w), ntoks, _scaled(nll, w)
 
     def _nll(self, batch, w=None):

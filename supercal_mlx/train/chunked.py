@@ -1,0 +1,198 @@
+"""Token scores without the full logits: the LM head and the log-softmax in chunks of labelled positions.
+
+A causal LM's last step is ``logits = head(hidden)``, (B, L, D) -> (B, L, V). At
+GPT-J's 50,400-token vocabulary and 2 x 900 tokens those logits are 363 MB in
+float32, and autograd keeps them and their gradient: the largest temporaries of
+a long step. The losses need far less: the log-probability of the target at the
+labelled (completion) positions only, and, for the KL term, the distribution at
+those positions. So here:
+
+1. the model's body gives the hidden states (B, L, D); the labelled positions are
+   gathered into (N, D), N = labelled tokens (prompt and padding positions never
+   meet the head);
+2. the head and the log-softmax run over chunks of ``CHUNK`` rows, each under
+   ``mx.checkpoint``: the backward pass recomputes a chunk's (C, V) logits instead
+   of keeping them, so at most a chunk's logits and their gradient exist at once.
+   With a single chunk nothing is checkpointed: its backward peak (logits and their
+   gradient) is the same either way, and recomputing would cost a head matmul;
+3. the scores are scattered back to (B, L) (zero where unlabelled), so the losses
+   in :mod:`supercal_mlx.train.losses` take them unchanged.
+
+Where a model's ``__call__`` is not ``head(body(x))`` (final soft-capping, scaled
+logits, a trainable head), :func:`split_head` says so by comparing both on a
+two-token input once per model, and the caller falls back to full logits.
+
+``SUPERCAL_FULL_LOGITS=1`` in the environment turns the chunking off (the full-logits path), for the
+side-by-side rows of ``scripts/bench_memory.py`` and ``scripts/bench_step.py`` (``--full-logits``).
+
+mlx-lm computes the loss on full logits (``mlx_lm.tuner.trainer.default_loss``);
+it has nothing chunked, so it is written here.
+"""
+
+from __future__ import annotations
+
+CHUNK = 256  # labelled positions per chunk: (256, 50400) float32 logits = 52 MB
+FULL_LOGITS_ENV = "SUPERCAL_FULL_LOGITS"
+_ATTR = "_supercal_split"  # where the answer is kept: a plain attribute, outside the module's parameter tree
+
+
+def split_head(model):
+    """(body, head) with ``model(x) == head(body(x))`` and a frozen head, or None (use full logits).
+
+    mlx-lm's models keep the transformer in ``model.model`` and the head in ``lm_head`` or the tied
+    ``model.model.embed_tokens.as_linear``; the equality is checked once per model, on two tokens.
+    """
+    import os
+
+    if os.environ.get(FULL_LOGITS_ENV, "") not in ("", "0"):
+        return None
+    if _ATTR not in vars(model):
+        object.__setattr__(model, _ATTR, _find_split(model))
+    return vars(model)[_ATTR]
+
+
+def _find_split(model):
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+
+    body = getattr(model, "model", None)
+    head_module = getattr(model, "lm_head", None)
+    if body is None or not callable(body):
+        return None
+    if head_module is not None:
+        if tree_flatten(head_module.trainable_parameters()):
+            return None  # a trained head needs its own gradient: keep the plain path
+        head = head_module
+    elif hasattr(getattr(body, "embed_tokens", None), "as_linear"):
+        if tree_flatten(body.embed_tokens.trainable_parameters()):
+            return None
+        head = body.embed_tokens.as_linear
+    else:
+        return None
+    x = mx.array([[1, 2]], dtype=mx.int32)
+    training = model.training
+    model.eval()  # no dropout: the check draws no random numbers, so it cannot shift a run's dropout masks
+    try:
+        want = model(x).astype(mx.float32)
+        got = head(body(x)).astype(mx.float32)
+    except Exception:  # a body that needs other arguments: not this layout
+        return None
+    finally:
+        model.train(training)
+    if want.shape != got.shape or not mx.allclose(want, got, rtol=1e-4, atol=1e-4).item():
+        return None
+    return body, head
+
+
+def _positions(mask):
+    """Flat indices (N,) of the labelled positions of a (B, L) mask, as an int32 array (None if none)."""
+    import mlx.core as mx
+    import numpy as np
+
+    idx = np.flatnonzero(np.asarray(mask).reshape(-1) > 0).astype(np.int32)
+    return mx.array(idx) if idx.size else None
+
+
+def _chunks(n: int):
+    return [(s, min(s + CHUNK, n)) for s in range(0, n, CHUNK)]
+
+
+def _gather(hidden, idx):
+    """(N, D) rows of the flattened (B, L, D) hidden states at ``idx``."""
+    return hidden.reshape(-1, hidden.shape[-1])[idx]
+
+
+def _scatter(values, idx, shape):
+    """(B, L) float32 zeros with ``values`` (N,) at the flat positions ``idx``."""
+    import mlx.core as mx
+
+    return mx.zeros((shape[0] * shape[1],), dtype=mx.float32).at[idx].add(values).reshape(shape)
+
+
+def labelled_logprobs(model, inputs, targets, mask, *, reference: bool = False):
+    """log p(target) at the labelled positions, (B, L) float32 (0 elsewhere), without (B, L, V) logits.
+
+    ``reference``: of the adapters-off model, with no gradient (NPO's reference). Falls back to the
+    full logits (:func:`supercal_mlx.train.losses.token_logprobs`) where :func:`split_head` finds no split.
+    """
+    import mlx.core as mx
+
+    from . import losses as L
+    from .lora import adapters_disabled
+
+    split = split_head(model)
+    if split is None:
+        logits = L.reference_logits(model, inputs) if reference else model(inputs)
+        return L.token_logprobs(logits, targets) * (mask > 0)
+    body, head = split
+    idx = _positions(mask)
+    if idx is None:
+        return mx.zeros(targets.shape, dtype=mx.float32)
+    if reference:
+        with adapters_disabled(model):
+            hidden = mx.stop_gradient(_gather(body(inputs), idx))  # (N, D)
+    else:
+        hidden = _gather(body(inputs), idx)  # (N, D)
+    tgt = targets.reshape(-1)[idx]  # (N,)
+    chunks = _chunks(hidden.shape[0])
+    step = _logprob_chunk(head, checkpoint=len(chunks) > 1)
+    parts = [step(hidden[a:b], tgt[a:b]) for a, b in chunks]
+    return _scatter(mx.concatenate(parts), idx, targets.shape)
+
+
+def labelled_logprobs_and_kl(model, inputs, targets, mask):
+    """(log p(target), KL(p_ref || p_theta)) at the labelled positions, each (B, L) float32, 0 elsewhere;
+    the reference is the adapters-off model, under no gradient. One body pass each, no full logits."""
+    import mlx.core as mx
+
+    from . import losses as L
+    from .lora import adapters_disabled
+
+    split = split_head(model)
+    if split is None:
+        logits = model(inputs)  # (B, L, V)
+        keep = mask > 0
+        return L.token_logprobs(logits, targets) * keep, L.kl_rows(logits, L.reference_logits(model, inputs)) * keep
+    body, head = split
+    idx = _positions(mask)
+    if idx is None:
+        zero = mx.zeros(targets.shape, dtype=mx.float32)
+        return zero, zero
+    hidden = _gather(body(inputs), idx)  # (N, D)
+    with adapters_disabled(model):
+        ref_hidden = mx.stop_gradient(_gather(body(inputs), idx))  # (N, D)
+    tgt = targets.reshape(-1)[idx]  # (N,)
+    logps, kls = [], []
+    chunks = _chunks(hidden.shape[0])
+    for a, b in chunks:
+        lp, kl = _logprob_kl_chunk(head, ref_hidden[a:b], checkpoint=len(chunks) > 1)(hidden[a:b], tgt[a:b])
+        logps.append(lp)
+        kls.append(kl)
+    return (_scatter(mx.concatenate(logps), idx, targets.shape), _scatter(mx.concatenate(kls), idx, targets.shape))
+
+
+def _logprob_chunk(head, *, checkpoint: bool):
+    """(C, D), (C,) -> (C,) log p(target); checkpointed: its (C, V) logits are recomputed in the backward pass."""
+    import mlx.core as mx
+
+    from .losses import token_logprobs
+
+    def chunk(h, t):
+        return token_logprobs(head(h), t)
+
+    return mx.checkpoint(chunk) if checkpoint else chunk
+
+
+def _logprob_kl_chunk(head, ref_hidden, *, checkpoint: bool):
+    """(C, D), (C,) -> ((C,) log p(target), (C,) KL to the reference rows), checkpointed or not. The reference
+    hidden states are a constant of the closure, so the backward pass computes no gradient for them."""
+    import mlx.core as mx
+
+    from .losses import kl_rows, token_logprobs
+
+    def chunk(h, t):
+        logits = head(h)  # (C, V)
+        ref_logits = mx.stop_gradient(head(ref_hidden))  # (C, V)
+        return token_logprobs(logits, t), kl_rows(logits, ref_logits)
+
+    return mx.checkpoint(chunk) if checkpoint else chunk

@@ -45,14 +45,26 @@ def backend(folder):
     return tok
 
 
-def test_the_patterns_are_llama3_and_qwen2s():
+def test_the_patterns_are_llama3_qwen2_and_tiktokens():
+    from unittest import mock
+
+    from tiktoken_ext import openai_public
+
     assert SPLIT_PATTERNS["llama3"] == LLAMA3_PATTERN and SPLIT_PATTERNS["qwen2"] == QWEN2_PATTERN
+    with mock.patch.object(openai_public, "load_tiktoken_bpe", lambda *a, **k: {}):
+        for name in ("cl100k_base", "o200k_base"):
+            assert SPLIT_PATTERNS[name] == getattr(openai_public, name)()["pat_str"]
 
 
-@pytest.mark.parametrize("name", ["llama3", "qwen2"])
+@pytest.mark.parametrize("name", list(SPLIT_PATTERNS))
 def test_every_safe_cut_keeps_the_pattern_matches(name):
-    """The pattern itself (Python's regex module), at every safe cut, as for tiktoken's patterns."""
+    """Each pattern at every safe cut, both in Python's regex module and as the tokenizers library runs it
+    (a Split pre-tokenizer, Oniguruma)."""
+    from tokenizers import Regex, pre_tokenizers
+
     assert _cuts_checked(regex.compile(SPLIT_PATTERNS[name]).findall, 150) > 1000
+    split = pre_tokenizers.Split(Regex(SPLIT_PATTERNS[name]), behavior="isolated", invert=False)
+    assert _cuts_checked(lambda t: [p for p, _ in split.pre_tokenize_str(t)], 150) > 1000
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
@@ -124,7 +136,7 @@ def test_sentencepiece_and_unknown_patterns_are_refused(modern, tmp_path):
     data = json.loads((folder / "tokenizer.json").read_text())
     data["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = r"\p{L}+|\s+|."
     (folder / "tokenizer.json").write_text(json.dumps(data))
-    with pytest.raises(SupercalError, match=r"Split pattern .* is not one whose cuts are proven \(llama3, qwen2, gpt2\)"):
+    with pytest.raises(SupercalError, match=r"Split pattern .* is not one whose cuts are proven \(llama3, qwen2, gpt2, cl100k_base, o200k_base\)"):
         count_tokens([str(tmp_path / "c.txt")], model=folder)
 
 

@@ -30,7 +30,9 @@ consumed a letter or digit continues only with letters or digits (``\p{L}+``,
 ``\p{N}{1,3}``, ``\p{N}``) or ends, and the only lookahead, ``\s+(?!\S)``,
 cannot match text that ends with a letter or digit. ``ByteLevel(use_regex=false)``
 only maps bytes to symbols, and BPE runs on each piece, so the tokens are the
-pieces' tokens. No prefix space, no added tokens other than special ones, and
+pieces' tokens. tiktoken's own cl100k_base and o200k_base spellings are accepted
+in a Split too (their ``$``, end of line in the tokenizers library's Oniguruma,
+follows only whitespace, which never ends a match before a safe cut). No prefix space, no added tokens other than special ones, and
 no normalizer other than NFC. With NFC (Qwen2) the text is normalized by the
 tokenizer's own normalizer first, block by block, each block cut right before
 an ASCII character: no ASCII character is the second half of a canonical
@@ -136,6 +138,13 @@ SPLIT_PATTERNS = {
     "qwen2": (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
               r"|\s*[\r\n]+|\s+(?!\S)|\s+"),
     "gpt2": r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+",
+    # tiktoken's own spellings, as transformers' tiktoken converter writes them into tokenizer.json
+    "cl100k_base": (r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+"
+                    r"|\s++$|\s*[\r\n]|\s+(?!\S)|\s"),
+    "o200k_base": (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
+                   r"(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+"
+                   r"[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*"
+                   r"|\s*[\r\n]+|\s+(?!\S)|\s+"),
 }
 _SENTENCEPIECE = ("a SentencePiece-style tokenizer (▁ for spaces, no pre-tokenizer that splits the text): its merges "
                   "can cross any point of the text, so no cut is provably safe")
@@ -188,7 +197,7 @@ def _model_encoder(model_dir: str | os.PathLike):
     why = "it has no fast (tokenizer.json) tokenizer" if backend is None else _why_not_exact(json.loads(backend.to_str()))
     if why:
         raise SupercalError(f"cannot count exactly in the tokenizer of {model_dir}: {why}; only byte-level BPE "
-                            "with the GPT-2, Llama-3 or Qwen2 pre-tokenizer is supported, use --encoding instead")
+                            "with the GPT-2, Llama-3, Qwen2 or tiktoken pre-tokenizer is supported, use --encoding instead")
     backend = Tokenizer.from_str(backend.to_str())  # a private copy: the settings below stay local
     backend.encode_special_tokens = True  # "<|endoftext|>" in a corpus is text, as with tiktoken's encode_ordinary
     backend.no_truncation()

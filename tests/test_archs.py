@@ -56,8 +56,8 @@ def test_auto_keys_of_gptj_and_the_fallback(tiny_model_dir):
     assert all(isinstance(getattr(model.layers[0].attn, n), nn.Linear) for n in ("query", "value"))
 
 
-@pytest.mark.parametrize("arch", ["qwen2", "gpt2"])
-def test_compute_dtype_covers_the_tied_head(arch_tokenizers, tmp_path, monkeypatch, arch):
+@pytest.mark.parametrize("arch,base", [("qwen2", "bfloat16"), ("gpt2", "bfloat16"), ("qwen2", "4-bit")])
+def test_compute_dtype_covers_the_tied_head(arch_tokenizers, tmp_path, monkeypatch, arch, base):
     """A bfloat16 base with a tied head (``embed_tokens.as_linear``): under compute_dtype float32 the head's
     weight is cast in row chunks like every other frozen linear, and outputs and LoRA gradients equal those
     of a float32 copy of the same weights."""
@@ -74,7 +74,13 @@ def test_compute_dtype_covers_the_tied_head(arch_tokenizers, tmp_path, monkeypat
     monkeypatch.setattr(lora, "_frozen_linear_call", lambda self, x: calls.append(type(self).__name__) or real(self, x))
 
     def build(compute: bool):
+        from mlx_lm.utils import dequantize_model
+
         model, _ = load(folder)
+        if base == "4-bit":  # QuantizedEmbedding.as_linear: dequantized in row chunks like QuantizedLinear
+            nn.quantize(model, group_size=32, bits=4)
+            if not compute:
+                model = dequantize_model(model)
         if compute:
             lora.set_compute_dtype(model, "float32")
         else:

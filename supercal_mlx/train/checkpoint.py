@@ -38,8 +38,10 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
 
 
 def save_checkpoint(run_dir, step: int, *, model, adapter_config: dict, optimizer, state: dict,
-                    basis: dict | None = None) -> Path:
-    """Write checkpoints/step-NNNNNN atomically and refresh the run folder's own adapters."""
+                    basis: dict | None = None, extra: dict[str, dict] | None = None) -> Path:
+    """Write checkpoints/step-NNNNNN atomically and refresh the run folder's own adapters.
+
+    ``extra``: more named sets of arrays, each written as NAME.safetensors (read back with :func:`load_extra`)."""
     import mlx.core as mx
     from mlx.utils import tree_flatten
 
@@ -53,9 +55,19 @@ def save_checkpoint(run_dir, step: int, *, model, adapter_config: dict, optimize
         mx.save_safetensors(str(tmp / "optimizer.safetensors"), dict(tree_flatten(optimizer.state)))
         if basis:
             mx.save_safetensors(str(tmp / "basis.safetensors"), basis)
+        for name, arrays in (extra or {}).items():
+            mx.save_safetensors(str(tmp / f"{name}.safetensors"), arrays)
         (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=2))
     save_adapters(model, run_dir, adapter_config)
     return path
+
+
+def load_extra(path: Path, name: str) -> dict | None:
+    """The arrays saved as ``extra[name]`` in the checkpoint at ``path``, or None when it has none."""
+    import mlx.core as mx
+
+    file = Path(path) / f"{name}.safetensors"
+    return mx.load(str(file)) if file.exists() else None
 
 
 def load_checkpoint(path: Path, *, model, optimizer) -> tuple[dict, dict | None]:

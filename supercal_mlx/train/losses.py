@@ -91,11 +91,17 @@ def npo(logp, ref_logp, mask, *, beta: float):
     on the sequence log-likelihoods of the masked tokens. Written as softplus(beta * (log pi_theta -
     log pi_ref)) so a large ratio cannot overflow. At pi_theta == pi_ref the loss is (2 / beta) * log 2.
     """
+    loss = npo_from_sequences(sequence_logprobs(logp, mask), sequence_logprobs(ref_logp, mask), beta=beta)
+    return loss, mask.sum()
+
+
+def npo_from_sequences(seq, ref_seq, *, beta: float):
+    """:func:`npo`'s loss from sequence log-likelihoods (B,) of the model and of the reference (the trainer
+    keeps the reference's, computed once per forget example)."""
     import mlx.core as mx
 
-    seq = sequence_logprobs(logp, mask).astype(mx.float32)  # (B,)
-    delta = seq - sequence_logprobs(ref_logp, mask).astype(mx.float32)  # (B,)
-    return (2.0 / beta) * mx.logaddexp(mx.zeros_like(delta), beta * delta).mean(), mask.sum()
+    delta = seq.astype(mx.float32) - ref_seq.astype(mx.float32)  # (B,)
+    return (2.0 / beta) * mx.logaddexp(mx.zeros_like(delta), beta * delta).mean()
 
 
 def random_completion(logp, mask):

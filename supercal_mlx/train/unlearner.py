@@ -38,6 +38,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from . import checkpoint as ckpt
 from .config import UnlearnConfig
@@ -64,6 +65,16 @@ def make_schedule(cfg: UnlearnConfig):
         return main
     warm = optim.linear_schedule(cfg.lr / w, cfg.lr, w - 1) if w > 1 else (lambda step: mx.array(cfg.lr, mx.float32))
     return optim.join_schedules([warm, main], [w])
+
+
+class ForgetAux(NamedTuple):
+    """What a forget batch needs besides its tokens: weights across ranks (None in one process) for the main
+    term (NPO: per sequence), the NLL and the random-completion term; NPO's cached reference (B,) or None."""
+
+    w_main: Any = None
+    w_tok: Any = None
+    w_rnd: Any = None
+    npo_ref: Any = None
 
 
 def _scaled(x, w):
@@ -121,12 +132,13 @@ class Unlearner:
         self.retain_grad_fn = nn.value_and_grad(model, self._retain_objective)
         self.nll_grad_fn = nn.value_and_grad(model, self._nll)
         self.basis = None
+        self.npo_reference = None  # (n_forget,) float32, made at the first NPO step (_npo_reference)
         self.step_done = 0
         self.retain_baseline: float | None = None  # first retain NLL of the run, for the collapse guard
 
     # --- objectives (value_and_grad differentiates the first output) -------------------------------
-    def _forget_objective(self, fb, rnd, w=None):
-        """(loss, ntoks, forget NLL); ``w`` = (weight of the main term, of the NLL, of the random term) across ranks."""
+    def _forget_objective(self, fb, rnd, aux=None):
+        """(loss, ntoks, forget NLL); ``aux``: the :class:`ForgetAux` of the batch (rank weights, NPO reference)."""
         from . import anchored
         from . import losses as L
 
@@ -136,13 +148,14 @@ class Unlearner:
             return anchored.tokenstein_loss(self.model, fb)
         from .chunked import labelled_logprobs
 
-        w_main, w_tok, w_rnd = w or (None, None, None)
+        w_main, w_tok, w_rnd, ref = aux or ForgetAux()
         inputs, targets, mask = fb
         logp = labelled_logprobs(self.model, inputs, targets, mask)  # (B, T): one forward pass for every term
         nll, ntoks = L.nll(logp, mask)
         if self.cfg.loss.startswith("npo"):
-            ref = labelled_logprobs(self.model, inputs, targets, mask, reference=True)  # (B, T)
-            loss = L.npo(logp, ref, mask, beta=self.cfg.npo_beta)[0]
+            if ref is None:  # no cached reference given: compute it on this batch
+                ref = L.sequence_logprobs(labelled_logprobs(self.model, inputs, targets, mask, reference=True), mask)
+            loss = L.npo_from_sequences(L.sequence_logprobs(logp, mask), ref, beta=self.cfg.npo_beta)
         else:
             loss = L.ga(logp, mask)[0]
         loss = _scaled(loss, w_main)
@@ -191,7 +204,9 @@ class Unlearner:
         return self.world.weight(size(self.world.shard(examples)), size(examples))
 
     def next_forget(self):
-        """(forget batch, random-completion batch or None, weights) for the next step (this rank's share)."""
+        """(forget batch, random-completion batch or None, :class:`ForgetAux`) for the next step (this rank's share)."""
+        import mlx.core as mx
+
         from .batches import truncate
 
         stream = self.streams["forget"]
@@ -221,16 +236,46 @@ class Unlearner:
                 mixed.append(truncate(ids[:n_prompt] + tail, n_prompt, self.cfg.max_tokens, keep=keep))
             rnd, w_rnd = self._share(mixed)
         fb, w_tok = self._share(examples)
-        w_main = self._weight(examples, per_sequence=True) if self.cfg.loss.startswith("npo") else w_tok
-        return fb, rnd, (w_main, w_tok, w_rnd)
+        if not self.cfg.loss.startswith("npo"):
+            return fb, rnd, ForgetAux(w_tok, w_tok, w_rnd)
+        if self.npo_reference is None:
+            self.npo_reference = self._npo_reference()
+        ref = self.npo_reference[mx.array(self.world.shard(idx))]  # (B,) of this rank's examples
+        return fb, rnd, ForgetAux(self._weight(examples, per_sequence=True), w_tok, w_rnd, ref)
+
+    def _npo_reference(self):
+        """log p_ref(completion | prompt) of every forget example, (n,) float32: the adapters-off model in eval
+        mode (no dropout, so no random numbers drawn), computed once and kept in checkpoints. Batches of
+        ``batch_size`` in record order; with N ranks, batch k is computed by rank k mod N and the results are
+        summed over ranks, so every rank holds the same values as one process."""
+        import mlx.core as mx
+
+        from .batches import make_batch
+        from .chunked import labelled_logprobs
+        from .losses import sequence_logprobs
+
+        n, b = len(self.forget), self.cfg.batch_size
+        values = [0.0] * n
+        self.model.eval()
+        try:
+            for k, start in enumerate(range(0, n, b)):
+                if k % self.world.size != self.world.rank:
+                    continue
+                ids = list(range(start, min(start + b, n)))
+                batch = make_batch([self.forget[i] for i in ids])
+                seq = sequence_logprobs(labelled_logprobs(self.model, *batch, reference=True), batch[2])  # (b,)
+                values[start : start + len(ids)] = seq.tolist()
+        finally:
+            self.model.train()
+        return mx.array(self.world.total(values), dtype=mx.float32)
 
     # --- gradients ------------------------------------------------------------------------------
-    def forget_gradient(self, fb, rnd, w=None) -> tuple[dict, dict]:
+    def forget_gradient(self, fb, rnd, aux=None) -> tuple[dict, dict]:
         """(flat gradient of the forget objective, {'loss', 'forget_nll', 'tokens'}), averaged over ranks."""
         import mlx.core as mx
         from mlx.utils import tree_flatten
 
-        (loss, ntoks, nll), grads = self.forget_grad_fn(fb, rnd, w)
+        (loss, ntoks, nll), grads = self.forget_grad_fn(fb, rnd, aux)
         grads = self.world.average(grads)
         mx.eval(loss, ntoks, nll, grads)
         n = self.world.size
@@ -263,8 +308,8 @@ class Unlearner:
 
         from .projection import project
 
-        fb, rnd, w = self.next_forget()
-        grads, info = self.forget_gradient(fb, rnd, w)
+        fb, rnd, aux = self.next_forget()
+        grads, info = self.forget_gradient(fb, rnd, aux)
         if self.cfg.project != "off":
             if self.basis is None or (step - 1) % self.cfg.project_every == 0:
                 self.basis = self.compute_basis()
@@ -357,8 +402,9 @@ class Unlearner:
     def save(self, run_dir: Path) -> Path:
         state = {"streams": {n: s.state() for n, s in self.streams.items()}}
         basis = self.basis.arrays() if self.basis is not None else None
+        extra = {"npo_reference": {"sequence_logprobs": self.npo_reference}} if self.npo_reference is not None else None
         return ckpt.save_checkpoint(run_dir, self.step_done, model=self.model, adapter_config=self.adapter_config,
-                                    optimizer=self.optimizer, state=state, basis=basis)
+                                    optimizer=self.optimizer, state=state, basis=basis, extra=extra)
 
     def load(self, path: Path) -> None:
         from mlx.utils import tree_flatten
@@ -369,6 +415,9 @@ class Unlearner:
         for n, s in state["streams"].items():
             self.streams[n].load_state(s)
         self.step_done = int(state["step"])
+        ref = ckpt.load_extra(path, "npo_reference")  # checkpoints from before the cache: made again when needed
+        if ref is not None and self.cfg.loss.startswith("npo"):
+            self.npo_reference = ref["sequence_logprobs"]
         if basis is not None and self.cfg.project != "off":
             names = group_names([n for n, _ in tree_flatten(self.model.trainable_parameters())], self.cfg.project)
             self.basis = RetainBasis.from_arrays(basis, names)

@@ -161,3 +161,24 @@ def test_pieces_show_the_tokenizers_markers_and_tokensteins_understand_them(mode
         assert re.fullmatch("[a-z]+", t.word) and t.rows[0].piece.startswith("▁")
         assert not any(r.piece.startswith("▁") for r in t.rows[1:])
         assert sp.encode(t.word) == [r.id for r in t.rows]  # re-encodes to exactly its pieces
+
+
+def test_split_then_a_splitting_byte_level_counts_exactly(modern, tmp_path):
+    """Split(llama3) followed by ByteLevel(use_regex=true), as a tokenizer built with the library's defaults has:
+    each Split piece is split again by the gpt2 pattern, still only within pieces, so counts stay exact."""
+    import json
+
+    folder = tmp_path / "resplit"
+    shutil.copytree(modern["llama"], folder)
+    data = json.loads((folder / "tokenizer.json").read_text())
+    data["pre_tokenizer"]["pretokenizers"][1]["use_regex"] = True
+    (folder / "tokenizer.json").write_text(json.dumps(data))
+    text = nfc_tricky_text(21, 2000)
+    (tmp_path / "c.txt").write_text(text, encoding="utf-8")
+    got = count_tokens([str(tmp_path / "c.txt")], model=folder, workers=2, block=64)
+    ids = backend(folder).encode(text, add_special_tokens=False).ids
+    want = np.zeros_like(got.counts)
+    for t, c in Counter(ids).items():
+        want[t] = c
+    assert np.array_equal(got.counts, want)
+

@@ -173,8 +173,8 @@ def _why_not_exact(data: dict) -> str | None:
                     f"({', '.join(SPLIT_PATTERNS)})")
         if split.get("behavior") != "Isolated" or split.get("invert"):
             return "its Split pre-tokenizer does not isolate the matches"
-        if pre.get("use_regex"):
-            return "its ByteLevel after the Split splits again (use_regex true)"
+        # a ByteLevel that splits again (use_regex) splits each piece by the gpt2 pattern: the pieces on either
+        # side of a safe cut are the same in the whole text and in the parts, so their sub-pieces are too
     else:
         kinds = [p.get("type") for p in pre.get("pretokenizers", [])] if pre.get("type") == "Sequence" else []
         return f"its pre-tokenizer is {pre.get('type')}{kinds or ''}, not ByteLevel or Split + ByteLevel"

@@ -258,3 +258,60 @@ def hf_checkpoint(model_dir: Path, out: Path, *, fmt: str = "safetensors", dtype
         if f.name.startswith("tokenizer"):
             shutil.copy(f, out / f.name)
     return out
+
+
+# ------------------------------------------------------------ compute_dtype against a float32 copy
+
+def compute_dtype_pair(folder: Path, *, base: str, keys: list[str], ckpt: bool = False):
+    """(model, reference) from one folder of bfloat16 weights: ``model`` keeps them stored as they are (4-bit
+    quantized when ``base == "4-bit"``) and computes in float32 (set_compute_dtype); ``reference`` is a float32
+    copy of the same (rounded / dequantized) values. Both get the same LoRA layers on ``keys``, with non-zero B
+    so that A gets a gradient too; ``ckpt`` adds gradient checkpointing to ``model``."""
+    import mlx.core as mx
+    import mlx.nn as nn
+    from mlx_lm.utils import dequantize_model
+
+    from supercal_mlx.model import load
+    from supercal_mlx.train import lora
+
+    def build(compute: bool):
+        model, _ = load(folder)
+        if base == "4-bit":
+            nn.quantize(model, group_size=32, bits=4)
+            if not compute:
+                model = dequantize_model(model)
+        if compute:
+            lora.set_compute_dtype(model, "float32")
+        else:
+            model.set_dtype(mx.float32)
+        mx.random.seed(3)
+        lora.apply_lora(model, rank=4, alpha=8.0, dropout=0.0, keys=keys, layers="all")
+        for m in lora.lora_modules(model):
+            m.lora_b = mx.random.normal(m.lora_b.shape) * 0.1
+        if compute and ckpt:
+            lora.enable_grad_checkpoint(model)
+        return model
+
+    return build(True), build(False)
+
+
+def assert_same_outputs_and_grads(model, reference, x) -> dict:
+    """Outputs (float32, within 2e-5) and LoRA gradients of a weighted sum of them (within 1e-5 of each
+    gradient's scale) agree; returns the gradients."""
+    import mlx.core as mx
+    import mlx.nn as nn
+    import numpy as np
+    from mlx.utils import tree_flatten
+
+    out = model(x)
+    assert out.dtype == mx.float32
+    np.testing.assert_allclose(np.array(out), np.array(reference(x)), atol=2e-5)
+    w = mx.random.normal(out.shape, key=mx.random.key(1))
+    g = dict(tree_flatten(nn.value_and_grad(model, lambda: (model(x) * w).sum())()[1]))
+    g_ref = dict(tree_flatten(nn.value_and_grad(reference, lambda: (reference(x) * w).sum())()[1]))
+    assert sorted(g) == sorted(g_ref) and g
+    for n in g:
+        scale = float(mx.abs(g_ref[n]).max())
+        assert scale > 0
+        np.testing.assert_allclose(np.array(g[n]), np.array(g_ref[n]), atol=1e-5 * scale, err_msg=n)
+    return g

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import supercal_mlx  # noqa: F401  (OpenBLAS before mlx)
-from archs import ARCHS, AUTO_KEYS, create_model, make_tokenizer
+from archs import ARCHS, AUTO_KEYS, assert_same_outputs_and_grads, compute_dtype_pair, create_model, make_tokenizer
 from conftest import TOKENIZER_TEXTS
 
 import mlx.core as mx  # noqa: E402
@@ -61,10 +61,6 @@ def test_compute_dtype_covers_the_tied_head(arch_tokenizers, tmp_path, monkeypat
     """A bfloat16 base with a tied head (``embed_tokens.as_linear``): under compute_dtype float32 the head's
     weight is cast in row chunks like every other frozen linear, and outputs and LoRA gradients equal those
     of a float32 copy of the same weights."""
-    import mlx.nn as nn
-    from mlx.utils import tree_flatten
-
-    from supercal_mlx.model import load
     from supercal_mlx.train import lora
 
     monkeypatch.setattr(lora, "CAST_CHUNK_BYTES", 24 * 32 * 4)  # 24 rows of 32 inputs: many chunks, a ragged last
@@ -72,37 +68,9 @@ def test_compute_dtype_covers_the_tied_head(arch_tokenizers, tmp_path, monkeypat
     calls = []
     real = lora._frozen_linear_call
     monkeypatch.setattr(lora, "_frozen_linear_call", lambda self, x: calls.append(type(self).__name__) or real(self, x))
-
-    def build(compute: bool):
-        from mlx_lm.utils import dequantize_model
-
-        model, _ = load(folder)
-        if base == "4-bit":  # QuantizedEmbedding.as_linear: dequantized in row chunks like QuantizedLinear
-            nn.quantize(model, group_size=32, bits=4)
-            if not compute:
-                model = dequantize_model(model)
-        if compute:
-            lora.set_compute_dtype(model, "float32")
-        else:
-            model.set_dtype(mx.float32)
-        mx.random.seed(3)
-        lora.apply_lora(model, rank=4, alpha=8.0, dropout=0.0, keys=["auto"], layers="all")
-        for m in lora.lora_modules(model):
-            m.lora_b = mx.random.normal(m.lora_b.shape) * 0.1
-        return model
-
-    model, reference = build(True), build(False)
-    x = mx.array([[5, 17, 42, 99, 3, 250]])
-    out = model(x)
-    assert out.dtype == mx.float32 and any(c.endswith("Embedding") for c in calls)  # the head went through the casts
-    np.testing.assert_allclose(np.array(out), np.array(reference(x)), atol=2e-5)
-    w = mx.random.normal(out.shape, key=mx.random.key(1))
-    g = dict(tree_flatten(nn.value_and_grad(model, lambda: (model(x) * w).sum())()[1]))
-    g_ref = dict(tree_flatten(nn.value_and_grad(reference, lambda: (reference(x) * w).sum())()[1]))
-    assert sorted(g) == sorted(g_ref) and g
-    for n in g:
-        scale = float(mx.abs(g_ref[n]).max())
-        np.testing.assert_allclose(np.array(g[n]), np.array(g_ref[n]), atol=1e-5 * scale, err_msg=n)
+    model, reference = compute_dtype_pair(folder, base=base, keys=["auto"])
+    assert_same_outputs_and_grads(model, reference, mx.array([[5, 17, 42, 99, 3, 250]]))
+    assert any(c.endswith("Embedding") for c in calls)  # the tied head went through the chunked casts
 
 
 def test_unlearn_records_the_resolved_keys_and_compute_path(arch_models, tmp_path):

@@ -377,51 +377,17 @@ def test_compute_dtype_chunked_casts_give_the_float32_gradients(tiny_tokenizer_d
     """compute_dtype=float32 on a bfloat16 or 4-bit base: outputs and LoRA gradients equal those of a float32
     copy of the same (rounded / dequantized) weights, with the weights cast in many small row chunks
     (a ragged last chunk included) by the custom backward pass, also under gradient checkpointing."""
-    import mlx.nn as nn
     from mlx.utils import tree_flatten
-    from mlx_lm.utils import dequantize_model
 
+    from archs import assert_same_outputs_and_grads, compute_dtype_pair
     from supercal_mlx.train import lora
     from supercal_mlx.demo.factories import TINY_GPTJ, create_gptj
-    from supercal_mlx.model import load
 
     monkeypatch.setattr(lora, "CAST_CHUNK_BYTES", 24 * 64 * 4)  # 24 rows of 64 inputs: 400-row lm_head -> 17 chunks
     folder = create_gptj(tmp_path / "m", tiny_tokenizer_dir, seed=0, dtype="bfloat16", **TINY_GPTJ)
 
-    def build(compute: bool):
-        model, _ = load(folder)
-        if base == "4-bit":
-            nn.quantize(model, group_size=32, bits=4)
-            if not compute:
-                model = dequantize_model(model)
-        if compute:
-            lora.set_compute_dtype(model, "float32")
-        else:
-            model.set_dtype(mx.float32)
-        mx.random.seed(3)
-        lora.apply_lora(model, rank=4, alpha=8.0, dropout=0.0, keys=["attn.q_proj", "mlp.fc_out"], layers="all")
-        for m in lora.lora_modules(model):  # non-zero B, so A gets a gradient too
-            m.lora_b = mx.random.normal(m.lora_b.shape) * 0.1
-        if compute and ckpt:
-            lora.enable_grad_checkpoint(model)
-        return model
-
-    model, reference = build(True), build(False)
+    model, reference = compute_dtype_pair(folder, base=base, keys=["attn.q_proj", "mlp.fc_out"], ckpt=ckpt)
     stored = {p.dtype for _, p in tree_flatten(model.parameters())}
     assert stored == ({mx.bfloat16, mx.float32} if base == "bfloat16" else {mx.uint32, mx.bfloat16, mx.float32})
-    x = mx.array([[5, 17, 42, 99, 3, 250]])
-    w = mx.random.normal((1, 6, 400), key=mx.random.key(1))
-
-    def loss(m):
-        return (m(x) * w).sum()
-
-    out = model(x)
-    assert out.dtype == mx.float32
-    np.testing.assert_allclose(np.array(out), np.array(reference(x)), atol=2e-5)
-    g = dict(tree_flatten(nn.value_and_grad(model, lambda: loss(model))()[1]))
-    g_ref = dict(tree_flatten(nn.value_and_grad(reference, lambda: loss(reference))()[1]))
-    assert sorted(g) == sorted(g_ref) and len(g) == 8  # lora_a, lora_b of 2 keys x 2 blocks
-    for n in g:
-        scale = float(mx.abs(g_ref[n]).max())
-        assert scale > 0
-        np.testing.assert_allclose(np.array(g[n]), np.array(g_ref[n]), atol=1e-5 * scale, err_msg=n)
+    g = assert_same_outputs_and_grads(model, reference, mx.array([[5, 17, 42, 99, 3, 250]]))
+    assert len(g) == 8  # lora_a, lora_b of 2 keys x 2 blocks

@@ -125,12 +125,80 @@ def test_counts_equal_counter_of_the_whole_encoding(modern, tmp_path, arch, bloc
     assert len(chunks) > 1 or block == 4096
 
 
+SP_ATOMS = [" ", "  ", "   ", "\n", " \n ", "▁", "▁▁", " ▁", "\t"]
+
+
+def sp_text(seed: int, n: int) -> str:
+    rng = random.Random(seed)
+    return "".join(rng.choice(ATOMS + SP_ATOMS * 4) for _ in range(n))
+
+
+def test_every_sentencepiece_cut_keeps_the_tokens(modern):
+    """Llama-2-style SentencePiece: at every cut the rule allows (before a space that follows a non-space),
+    the left part's tokens then the right part's, encoded without the leading ▁, are the whole text's."""
+    import json
+
+    from tokenizers import Tokenizer
+
+    from supercal_mlx.text.counting import _REPLACE, _SP_CUT_PATTERN
+
+    first = backend(modern["phi3"])
+    data = json.loads(first.to_str())
+    rest = Tokenizer.from_str(json.dumps({**data, "normalizer": _REPLACE}))
+    rule = regex.compile(_SP_CUT_PATTERN.removeprefix("(?r)"))
+    checked = 0
+    for seed in range(250):
+        text = sp_text(seed, 1 + seed % 60)
+        whole = first.encode(text, add_special_tokens=False).ids
+        for s in range(1, len(text)):
+            if rule.match(text, s - 1):
+                checked += 1
+                left = first.encode(text[:s], add_special_tokens=False).ids
+                assert left + rest.encode(text[s:], add_special_tokens=False).ids == whole, (text[:s], text[s:])
+    assert checked > 1000
+    # the rule is needed: the leading ▁ goes only in front of the whole text, and cuts it refuses (after a space,
+    # inside a word) do change the tokens
+    ids = lambda t, tok=first: tok.encode(t, add_special_tokens=False).ids  # noqa: E731
+    assert ids("a") + ids(" b") != ids("a b") == ids("a") + ids(" b", rest)
+    text = " ".join(TOKENIZER_TEXTS[:5])
+    assert any(ids(text[:s]) + ids(text[s:], rest) != ids(text) for s in range(1, len(text)) if not rule.match(text, s - 1))
+
+
+@pytest.mark.parametrize("block", [1, 7, 64, 4096])
+def test_sentencepiece_counts_equal_counter_of_the_whole_encoding(modern, tmp_path, block):
+    from supercal_mlx.text.tokenizer import from_model
+
+    text = " leading space " + sp_text(5, 1500) + " ".join(TOKENIZER_TEXTS[:20])
+    (tmp_path / "c.txt").write_text(text, encoding="utf-8")
+    (tmp_path / "d.txt").write_text("second  file starts here", encoding="utf-8")
+    got = count_tokens([str(tmp_path / "c.txt"), str(tmp_path / "d.txt")], model=modern["phi3"], workers=2, block=block)
+    tok = from_model(modern["phi3"])
+    ids = tok.encode(text) + tok.encode("second  file starts here")  # each source with its own leading ▁
+    want = np.zeros_like(got.counts)
+    for t, c in Counter(ids).items():
+        want[t] = c
+    assert np.array_equal(got.counts, want) and got.tokens == len(ids)
+
+
 def test_sentencepiece_and_unknown_patterns_are_refused(modern, tmp_path):
     import json
 
     (tmp_path / "c.txt").write_text("some text\n")
-    with pytest.raises(SupercalError, match="SentencePiece-style tokenizer .* no cut is provably safe"):
-        count_tokens([str(tmp_path / "c.txt")], model=modern["phi3"])
+    inner = tmp_path / "inner"  # a vocabulary token with ▁ after a letter: merges could cross a space
+    shutil.copytree(modern["phi3"], inner)
+    data = json.loads((inner / "tokenizer.json").read_text())
+    data["model"]["vocab"]["e▁t"] = max(data["model"]["vocab"].values()) + 1
+    (inner / "tokenizer.json").write_text(json.dumps(data))
+    with pytest.raises(SupercalError, match="a token with ▁ inside a word \\('e▁t'\\), so merges can cross spaces"):
+        count_tokens([str(tmp_path / "c.txt")], model=inner)
+    meta = tmp_path / "metaspace"  # the older layout: a Metaspace pre-tokenizer
+    shutil.copytree(modern["phi3"], meta)
+    data = json.loads((meta / "tokenizer.json").read_text())
+    data["normalizer"] = None
+    data["pre_tokenizer"] = {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "first", "split": False}
+    (meta / "tokenizer.json").write_text(json.dumps(data))
+    with pytest.raises(SupercalError, match="SentencePiece-style tokenizer .* layout other than Llama 2's"):
+        count_tokens([str(tmp_path / "c.txt")], model=meta)
     folder = tmp_path / "odd"
     shutil.copytree(modern["llama"], folder)
     data = json.loads((folder / "tokenizer.json").read_text())

@@ -42,13 +42,16 @@ then taken in the normalized text (NFC(NFC(x)) == NFC(x), so the tokenizer's
 own NFC changes nothing more). tests/test_count_model.py checks every cut point
 of both patterns in the real tokenizers and the NFC property for every code point.
 
-SentencePiece-style tokenizers (Llama 2, Mistral v1, Phi-3, Gemma: ``▁`` for
-spaces by a ``Metaspace`` pre-tokenizer that does not split, or by
-``Prepend``/``Replace`` normalizers and no pre-tokenizer at all) are refused:
-the BPE merges run over the whole text, so whether a cut is safe depends on
-which merges the vocabulary holds, not on a pattern, and such merges across
-``▁`` and punctuation exist in real vocabularies. Counting them exactly would
-mean encoding each source whole in memory. Every refusal is one line saying why.
+SentencePiece-style BPE in Llama 2's layout (Llama 2, Mistral v1, Phi-3:
+``Prepend("▁")`` + ``Replace(" ", "▁")`` normalizers, no pre-tokenizer) is
+counted exactly too, by another rule: nothing pre-splits the text, so whether a
+cut is safe depends on the vocabulary, and the tokenizer is accepted only when
+no vocabulary token holds a "▁" after another character; then a cut right
+before a space that follows a non-space is safe (proof at
+:func:`_sentencepiece_why`), and every chunk after a source's first is encoded
+without the leading "▁". Other SentencePiece layouts (a ``Metaspace``
+pre-tokenizer, Gemma's) and vocabularies with "▁" inside tokens are refused.
+Every refusal is one line saying why.
 
 Encoding runs on threads: tiktoken's Rust core releases the GIL (tiktoken's
 own ``encode_ordinary_batch`` relies on that), so threads use all cores with
@@ -111,22 +114,23 @@ def safe_cut(text: str) -> int:
     return m.end() if m else 0
 
 
-def iter_chunks(blocks: Iterable[str]) -> Iterator[str]:
+def iter_chunks(blocks: Iterable[str], cut: Callable[[str], int] | None = None) -> Iterator[str]:
     """Re-cut a stream of text blocks at safe places; the chunks join to the same text.
 
     The tail after the last safe cut of a block is carried into the next one, so
     a chunk is about one block long. Text with no safe cut at all (one endless
     word) is carried until one turns up: tiktoken would have to encode it whole anyway.
     """
+    find = cut or safe_cut
     carry = ""
     for block in blocks:
         text = carry + block if carry else block
-        cut = safe_cut(text)
-        if cut == 0:
+        at = find(text)
+        if at == 0:
             carry = text
             continue
-        yield text[:cut]
-        carry = text[cut:]
+        yield text[:at]
+        carry = text[at:]
     if carry:
         yield carry
 
@@ -146,8 +150,56 @@ SPLIT_PATTERNS = {
                    r"[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*"
                    r"|\s*[\r\n]+|\s+(?!\S)|\s+"),
 }
-_SENTENCEPIECE = ("a SentencePiece-style tokenizer (▁ for spaces, no pre-tokenizer that splits the text): its merges "
-                  "can cross any point of the text, so no cut is provably safe")
+_SENTENCEPIECE = ("a SentencePiece-style tokenizer (▁ for spaces) in a layout other than Llama 2's (Prepend + Replace "
+                  "normalizers, no pre-tokenizer), whose cuts are not proven")
+# Llama 2 / Mistral v1 / Phi-3 tokenizer.json: spaces become "▁" and one "▁" goes in front; nothing pre-splits.
+_PREPEND = {"type": "Prepend", "prepend": "▁"}
+_REPLACE = {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}
+_SP_CUT_PATTERN = r"(?r)[^ ▁](?= )"  # right after a character that is not a space, before a space
+_sp_cut_re = None
+
+
+def sp_safe_cut(text: str) -> int:
+    """The last position where a Llama-2-style SentencePiece text can be cut (0: none): see _sentencepiece_why."""
+    global _sp_cut_re
+    if _sp_cut_re is None:
+        import regex
+
+        _sp_cut_re = regex.compile(_SP_CUT_PATTERN)
+    m = _sp_cut_re.search(text)
+    return m.end() if m else 0
+
+
+def _is_llama2_sentencepiece(data: dict) -> bool:
+    norm = data.get("normalizer") or {}
+    return (data.get("pre_tokenizer") is None and norm.get("type") == "Sequence"
+            and norm.get("normalizers") == [_PREPEND, _REPLACE])
+
+
+def _sentencepiece_why(data: dict) -> str | None:
+    """Why a Llama-2-style SentencePiece BPE cannot be counted block by block, or None when it can.
+
+    The proof: the text becomes "▁" + text with spaces as "▁", and BPE then merges adjacent symbols into
+    vocabulary tokens, by rank, over the whole text (nothing pre-splits it). Cut right before a space that
+    follows a character other than a space or "▁". A symbol that spanned the cut would be a vocabulary token
+    holding some character c != "▁" followed by "▁"; when no token does (SentencePiece trained with
+    split_by_whitespace, as Llama 2's, Mistral's and Phi-3's were, makes "▁" only a token's first characters),
+    no merge ever joins the two sides, so merging the whole text merges each side on its own: the tokens are
+    the left part's followed by the right part's, the right part normalized without the leading "▁" (that
+    "▁" is only ever put in front of the whole text). Unknown characters become bytes (byte fallback) or
+    <unk> each on their own; "▁" itself must be in the vocabulary, so no <unk> run crosses the cut.
+    """
+    model = data.get("model") or {}
+    if model.get("type") != "BPE" or model.get("dropout"):
+        return f"its model is {model.get('type')}{' with dropout' if model.get('dropout') else ''}, not BPE"
+    vocab = model.get("vocab") or {}
+    if "▁" not in vocab:
+        return "its vocabulary has no ▁ token"
+    for piece in vocab:
+        for i in range(1, len(piece)):
+            if piece[i] == "▁" and piece[i - 1] != "▁":
+                return f"its vocabulary has a token with ▁ inside a word ({piece!r}), so merges can cross spaces"
+    return None
 
 
 def _why_not_exact(data: dict) -> str | None:
@@ -180,30 +232,56 @@ def _why_not_exact(data: dict) -> str | None:
         return f"its pre-tokenizer is {pre.get('type')}{kinds or ''}, not ByteLevel or Split + ByteLevel"
     if pre.get("add_prefix_space"):
         return "its ByteLevel pre-tokenizer adds a prefix space"
-    if any(not t.get("special") for t in data.get("added_tokens", [])):
-        return "it has added tokens that are not special tokens"
     return None
 
 
-def _model_encoder(model_dir: str | os.PathLike):
-    """(TextTokenizer, backend, normalize or None) for a model folder whose tokenizer counts exactly; the
-    backend encodes special-token text as text; ``normalize`` is its NFC normalizer, if it has one."""
+@dataclass
+class _ModelCounting:
+    """How to count in a model folder's tokenizer: the first chunk of a source and the others may be encoded
+    differently (SentencePiece puts its "▁" in front of the whole text only), and cut by another rule."""
+
+    tok: object  # TextTokenizer
+    first: object  # tokenizers.Tokenizer for a source's first chunk
+    rest: object  # ... and for the chunks after it
+    normalize: Callable[[str], str] | None  # NFC applied to the stream first, if the tokenizer has it
+    cut: Callable[[str], int]
+
+
+def _model_encoder(model_dir: str | os.PathLike) -> _ModelCounting:
+    """How to count exactly in a model folder's tokenizer; refuses (one line, why) when no cut is proven."""
     from tokenizers import Tokenizer
 
     from .tokenizer import from_model
 
     tok = from_model(model_dir)
     backend = getattr(tok.raw, "backend_tokenizer", None)
-    why = "it has no fast (tokenizer.json) tokenizer" if backend is None else _why_not_exact(json.loads(backend.to_str()))
+    data = json.loads(backend.to_str()) if backend is not None else None
+    sentencepiece = data is not None and _is_llama2_sentencepiece(data)
+    if data is None:
+        why = "it has no fast (tokenizer.json) tokenizer"
+    elif sentencepiece:
+        why = _sentencepiece_why(data)
+    else:
+        why = _why_not_exact(data)
+    if why is None and any(not t.get("special") for t in data.get("added_tokens", [])):
+        why = "it has added tokens that are not special tokens"
     if why:
-        raise SupercalError(f"cannot count exactly in the tokenizer of {model_dir}: {why}; only byte-level BPE "
-                            "with the GPT-2, Llama-3, Qwen2 or tiktoken pre-tokenizer is supported, use --encoding instead")
-    backend = Tokenizer.from_str(backend.to_str())  # a private copy: the settings below stay local
-    backend.encode_special_tokens = True  # "<|endoftext|>" in a corpus is text, as with tiktoken's encode_ordinary
-    backend.no_truncation()
-    backend.no_padding()
-    normalize = backend.normalizer.normalize_str if backend.normalizer is not None else None
-    return tok, backend, normalize
+        raise SupercalError(f"cannot count exactly in the tokenizer of {model_dir}: {why}; supported: byte-level BPE "
+                            "with the GPT-2, Llama-3, Qwen2 or tiktoken pre-tokenizer, and Llama-2-style SentencePiece "
+                            "BPE; use --encoding instead")
+
+    def private(spec: dict):  # a private copy: the settings below stay local
+        t = Tokenizer.from_str(json.dumps(spec))
+        t.encode_special_tokens = True  # "<|endoftext|>" in a corpus is text, as with tiktoken's encode_ordinary
+        t.no_truncation()
+        t.no_padding()
+        return t
+
+    first = private(data)
+    if sentencepiece:
+        return _ModelCounting(tok, first, private({**data, "normalizer": _REPLACE}), None, sp_safe_cut)
+    normalize = first.normalizer.normalize_str if first.normalizer is not None else None
+    return _ModelCounting(tok, first, first, normalize, safe_cut)
 
 
 _LAST_ASCII = None
@@ -256,12 +334,14 @@ def count_tokens(
     if workers is not None and workers < 1:
         raise SupercalError(f"--workers must be at least 1, got {workers}")
     corpora = [open_corpus(p) for p in paths]  # every path checked before any work
-    normalize = None
+    normalize, cut = None, safe_cut
     if model is not None:
-        tok, backend, normalize = _model_encoder(model)
+        mc = _model_encoder(model)
+        tok, normalize, cut = mc.tok, mc.normalize, mc.cut
         name, n_vocab, model_path, fingerprint = tok.name, tok.n_vocab, str(Path(model).resolve()), tok.fingerprint
 
-        def encode(chunk: str) -> np.ndarray:
+        def encode(chunk: str, first: bool) -> np.ndarray:
+            backend = mc.first if first else mc.rest
             return np.asarray(backend.encode(chunk, add_special_tokens=False).ids, dtype=np.int64)
     else:
         name, model_path = encoding or DEFAULT_ENCODING, ""
@@ -269,15 +349,15 @@ def count_tokens(
         enc = get_encoding(name)
         n_vocab = enc.n_vocab
 
-        def encode(chunk: str) -> np.ndarray:
+        def encode(chunk: str, first: bool) -> np.ndarray:
             # encode_to_numpy with no special tokens allowed or disallowed == encode_ordinary, as uint32.
             return enc.encode_to_numpy(chunk, disallowed_special=())
     if workers is None:  # the cores this process may use (fewer than os.cpu_count() under taskset or cgroups)
         workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     total_size = sum(c.size for c in corpora)
 
-    def encode_chunk(chunk: str) -> np.ndarray:
-        return np.bincount(encode(chunk), minlength=n_vocab)  # (n_vocab,) int64
+    def encode_chunk(chunk: str, first: bool) -> np.ndarray:
+        return np.bincount(encode(chunk, first), minlength=n_vocab)  # (n_vocab,) int64
 
     counts = np.zeros(n_vocab, dtype=np.int64)
     done_size = 0
@@ -287,8 +367,9 @@ def count_tokens(
         try:
             for corpus in corpora:
                 text = corpus.iter_text(block)
-                for chunk in iter_chunks(normalized_blocks(text, normalize) if normalize else text):
-                    pending.append(pool.submit(encode_chunk, chunk))
+                chunks = iter_chunks(normalized_blocks(text, normalize) if normalize else text, cut)
+                for k, chunk in enumerate(chunks):
+                    pending.append(pool.submit(encode_chunk, chunk, k == 0))
                     while len(pending) > 2 * workers:
                         counts += pending.popleft().result()
                     if progress is not None:

@@ -100,8 +100,9 @@ class Corpus:
         finally:
             raw.close()
 
-    def iter_bytes(self, block: int = BLOCK_BYTES) -> Iterator[bytes]:
-        """Raw uncompressed bytes, in blocks of about ``block``."""
+    def iter_bytes(self, block: int = BLOCK_BYTES, *, with_member: bool = False) -> Iterator:
+        """Raw uncompressed bytes, in blocks of about ``block``; ``with_member``: (bytes, the file object they
+        came from), so a caller may read on to a line's end (and add what it reads to ``text_bytes``)."""
         try:
             for member in self._members():
                 while True:
@@ -109,7 +110,7 @@ class Corpus:
                     if not data:
                         break
                     self.text_bytes += len(data)
-                    yield data
+                    yield (data, member) if with_member else data
         except (OSError, EOFError, zipfile.BadZipFile, lzma.LZMAError) as e:
             raise SupercalError(f"cannot read corpus {self.path} ({self.format}): {e}; is the file truncated?") from None
 

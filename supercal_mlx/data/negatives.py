@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
 from .corpus import Corpus, as_corpus, progress_lines
+from .scan import scan_lines
 from .windows import Tokenized, is_word_char
 from ..errors import SupercalError
 from ..text.tokenizer import TextTokenizer
@@ -79,12 +80,18 @@ def _check_line(line: str, lineno: int) -> None:
 
 def grep_chunks(lines: Iterable[str], pattern: re.Pattern, *, context: int = 5) -> Iterator[Chunk]:
     """Chunks as ``grep -i -C context`` prints them, streamed: keeps only the last ``context`` lines."""
+    return _grep(enumerate(lines, 1), pattern, context)
+
+
+def _grep(numbered: Iterable[tuple[int, str]], pattern: re.Pattern, context: int) -> Iterator[Chunk]:
+    """:func:`grep_chunks` on (line number, line) pairs; lines that cannot change a chunk may be left out
+    (:func:`supercal_mlx.data.scan.scan_lines` leaves out most of a corpus)."""
     before: deque[str] = deque(maxlen=context)
     current: list[str] | None = None
     first = size = 0  # line number of current[0], characters in current
     after = 0  # context lines still to add after the last match
     gap = 0  # lines seen since the current chunk's last line (they sit in `before`)
-    for lineno, line in enumerate(lines, 1):
+    for lineno, line in numbered:
         if pattern.search(line):
             if current is None:
                 current, first, size = list(before), lineno - len(before), sum(map(len, before))
@@ -189,8 +196,10 @@ def build_forget(
             "give a larger --window-tokens"
         )
     corp = as_corpus(corpus)
-    lines = progress_lines(corp, progress)
-    chunks = split_grep_output(lines) if from_grep else grep_chunks(lines, substring, context=context_lines)
+    if from_grep:
+        chunks = split_grep_output(progress_lines(corp, progress))
+    else:  # whole blocks searched at once; only lines near a hit are decoded and looked at
+        chunks = _grep(scan_lines(corp, keyword, context=context_lines, progress=progress), substring, context_lines)
 
     records: list[dict] = []
     counts: list[int] = []

@@ -14,6 +14,11 @@ deleted afterwards:
              CPU they are ~30x and 50-75x slower than float32 BLAS (quantized, 1800x4096 @
              4096x4096: 53 s against 1.1 s), so a step takes hours here; not run by default
 
+--loss takes a comma list, one row each (same model folder): e.g. ga,graddiff,tokenstein. graddiff and
+tokenstein get retain texts of the same length; tokenstein (with its retain KL) adds the teacher pass: the
+adapters-off base reads 2 twins per example (the word replaced by made-up words) and, for the word's own
+positions, the example itself, with the LM head only at the gathered positions.
+
 Each step is `supercal unlearn` in its own process; reported: the process's peak RSS (wait4's
 ru_maxrss through scripts/measure.py's shim; it includes loading), MLX's own peak (metrics.jsonl peak_memory_gb) and the step time.
 The original (PyTorch, float32 + LoRA, Mac CPU) took 61 of 64 GB. Heavy (12 GB of files, many minutes
@@ -64,7 +69,8 @@ def main() -> None:
     ap.add_argument("--full-logits", action="store_true",
                     help="run each variant also with the full (B, L, V) logits (SUPERCAL_FULL_LOGITS=1), beside the "
                          "default chunked LM head at labelled positions, on the same model folder")
-    ap.add_argument("--loss", default="ga", help="the unlearning loss (npo_kl exercises the reference and KL paths)")
+    ap.add_argument("--loss", default="ga", help="unlearning loss(es), comma list, a row each (npo_kl exercises the "
+                                                 "reference and KL paths; tokenstein the teacher pass on twins)")
     ap.add_argument("--json-out")
     a = ap.parse_args()
 
@@ -81,12 +87,15 @@ def main() -> None:
             print(f"{name}: wrote {size:.2f} GB in {time.time() - t0:.0f} s", file=sys.stderr)
             forget = work / "forget.jsonl"
             write_forget(forget, model_dir, rows=a.batch, tokens=a.tokens)
-            extra = dict(grad_checkpoint=True, compute_dtype=None if name.endswith("-native") else "float32",
-                         loss=a.loss)
-            if a.loss.endswith(("_kl", "graddiff")):
-                extra["retain"] = str(write_retain(work / "retain.jsonl", a.batch, a.tokens))
-            for full in ([False, True] if a.full_logits else [False]):
-                key = name + ("+full-logits" if full else "")
+            for loss, full in [(loss, full) for loss in a.loss.split(",") for full in ([False, True] if a.full_logits
+                                                                                       else [False])]:
+                extra = dict(grad_checkpoint=True, compute_dtype=None if name.endswith("-native") else "float32",
+                             loss=loss)
+                if loss.endswith(("_kl", "graddiff")) or loss in ("tokenstein", "value_swap"):
+                    extra["retain"] = str(write_retain(work / "retain.jsonl", a.batch, a.tokens))
+                if loss in ("tokenstein", "value_swap"):  # made-up stand-ins for the forget texts' word
+                    extra.update(tokenstein_words=["Quorblenitastic", "Vimbraxolutic"], twins=2)
+                key = name + (f"+{loss}" if "," in a.loss else "") + ("+full-logits" if full else "")
                 if full:
                     os.environ["SUPERCAL_FULL_LOGITS"] = "1"
                 try:
@@ -102,7 +111,7 @@ def main() -> None:
     print(f"\n| GPT-J-6B shapes ({a.n_layer} layers), {a.batch} x {a.tokens} tokens, loss {a.loss}, grad checkpoint "
           "| weights on disk (GB) | peak RSS (GB) | MLX peak (GB) | step (s) | loss | target |\n|---|---|---|---|---|---|---|")
     for name, r in results.items():
-        label = LABELS[name.split("+")[0]] + (", full logits" if name.endswith("+full-logits") else "")
+        label = ", ".join([LABELS[name.split("+")[0]]] + name.split("+")[1:]).replace("full-logits", "full logits")
         print(f"| {label} | {r['weights_gb']:.2f} | {r['peak_rss_gb']:.2f} | {r['mlx_peak_gb']:.2f} "
               f"| {r['step_seconds'][0]:.0f} | {r['loss'][0]:.4f} | <= {TARGET_GB[name.split('+')[0]]} GB |")
     if a.json_out:

@@ -173,3 +173,27 @@ def test_fast_demo_end_to_end(tmp_path, monkeypatch):
     again = runner.invoke(cli, ["demo", "--fast", "--out", str(out)])
     assert again.exit_code == 1 and "already exists; replace it with --force" in again.output
     assert pretrain.demo_model(pretrain.FAST_SPEC)[1] is False  # the pretrained model is cached
+
+
+def test_fast_demo_tokenstein_and_value_swap(tmp_path, monkeypatch):
+    """The two methods of issue 12 in the demo: results.json names them, each run records its own made-up words
+    (none of eval's population), value_swap trains v_proj only, and both move the forget NLL up."""
+    monkeypatch.setenv(pretrain.CACHE_ENV, str(tmp_path / "cache"))
+    out = tmp_path / "demo-out"
+    res = CliRunner().invoke(cli, ["demo", "--fast", "--out", str(out), "--seeds", "1", "--methods",
+                                   "tokenstein,value_swap"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads((out / "results.json").read_text())
+    assert list(doc["methods"]) == ["tokenstein", "value_swap"]
+    for name in ("tokenstein", "value_swap"):
+        cfg = yaml.safe_load((out / "runs" / name / "seed-0" / "config.yaml").read_text())
+        assert cfg["loss"] == name and cfg["word"] == WORD and cfg["tokenstein_words"]
+        assert not {w.lower() for w in cfg["tokenstein_words"]} & {w.lower() for w in doc["tokensteins"]}
+        assert doc["methods"][name]["mean"]["forget_nll"] > doc["before"]["forget_nll"]
+        assert doc["methods"][name]["mean"]["degeneration"] < 0.5
+    vs = yaml.safe_load((out / "runs" / "value_swap" / "seed-0" / "config.yaml").read_text())
+    assert vs["lora_keys"] == ["attn.v_proj"]
+    from supercal_mlx.model import load
+
+    _, tok = load(out / "model")
+    assert all(len(tok.encode(". " + w)) == len(tok.encode(". " + WORD)) for w in vs["tokenstein_words"])

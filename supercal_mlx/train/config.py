@@ -91,8 +91,8 @@ class UnlearnConfig:
     tokenstein_seed: int = _f(1, "Seed of the training population (eval's uses another; the run's words are excluded there).")
     tokenstein_words: list = _f([], "The training population itself (written to config.yaml; given, it is used as is).",
                                 type="list")
-    suppress_word: bool = _f(True, "tokenstein: also the position before the word's first mention, toward the base "
-                             "distribution without the word's first piece (renormalized).")
+    suppress_word: bool = _f(True, "tokenstein: also before each piece of the completion's first mention, toward the "
+                             "base model's distribution without that piece (renormalized).")
     twins: int = _f(2, "Twins per forget example; their base-model targets are averaged (rotating through the population).")
     swap_layers: Any = _f("all", "value_swap: blocks whose v_proj values are matched: all, last:N, or 0,3,5.",
                           type="layers")

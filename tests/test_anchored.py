@@ -195,8 +195,6 @@ def test_tokenstein_loss_zero_against_itself_and_gradient(tiny, tiny_model_dir):
     assert abs(float(kl)) < 1e-6 and int(n) == n1 + n2 and float(nll) > 0
     # suppress: one more position per example, before the word, whose target is the model's own distribution
     # without the word's first piece: KL(p' || p) = -log(1 - p[first piece]) there, 0 elsewhere
-    import mlx.core as mx
-
     sup = _anchored(tiny, [W], "tokenstein", suppress=True)
     assert np.array(sup.weight).sum(axis=1).tolist() == [n1 + 1, n2 + 1]
     want = 0.0

@@ -8,8 +8,13 @@ other model has to invent one, and the targets are soft (whole distributions):
 * ``tokenstein``: for each forget example, the base model (every LoRA scale 0, under
   ``stop_gradient``, as NPO's reference: no second copy of the weights) reads its twins
   (:mod:`supercal_mlx.train.twins`); at the aligned positions from the word's last token
-  through the completion, the target is the mean of the twins' next-token distributions,
-  and the loss is KL(target || model on the original) averaged over those positions.
+  through the completion (where the twins' next token is the example's), the target is the
+  mean of the twins' next-token distributions, and the loss is KL(target || model on the
+  original) averaged over those positions. With ``suppress`` (``--suppress-word``), a second
+  mean: before each piece of the completion's first mention, the base model's distribution on
+  the original with that piece removed and renormalized. Those positions have the same
+  context in the twin, so the twin's target there would be the word itself; without them the
+  word stays as predictable as before wherever the context calls for it.
 * ``value_swap``: the v_proj outputs (:class:`supercal_mlx.train.values.ValueTap`) of the
   adapted model at the word's token positions should equal the base model's at the
   tokenstein's positions in the twin, piece by piece: ``sum ||v - v*||^2 / sum ||v*||^2``

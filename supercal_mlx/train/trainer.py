@@ -49,6 +49,7 @@ def _setup(cfg: UnlearnConfig):
 
     from .batches import encode_completions, encode_texts
     from ..io import read_jsonl
+    from .fastops import use_fast_cpu_activations
     from .lora import apply_lora, enable_grad_checkpoint, set_compute_dtype
     from ..device import resolve_compute_dtype
     from ..model import load, model_fingerprint
@@ -59,6 +60,7 @@ def _setup(cfg: UnlearnConfig):
     compute_dtype = resolve_compute_dtype(cfg.compute_dtype, model)
     if compute_dtype:
         set_compute_dtype(model, compute_dtype)
+    use_fast_cpu_activations(model)  # GPT-J's gelu in its fast CPU form (train/fastops.py); nothing on a GPU
     mx.random.seed(cfg.seed)  # LoRA initialisation
     adapter_config = apply_lora(model, rank=cfg.lora_rank, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                                 keys=cfg.lora_keys, layers=cfg.lora_layers)

@@ -69,7 +69,7 @@ def _compare(model, monkeypatch, chunk=5):
 @pytest.mark.parametrize("chunk", [5, 256])  # 5 checkpointed chunks of 21 labelled positions; one plain chunk
 def test_chunks_give_the_full_logits_losses_and_gradients(tiny_model_dir, monkeypatch, chunk):
     model = _adapted(tiny_model_dir)
-    assert C.split_head(model) is not None
+    assert C.split_head(model)[2] is None  # a float32 head: chunks of C.CHUNK rows
     _compare(model, monkeypatch, chunk)
     monkeypatch.setenv(C.FULL_LOGITS_ENV, "1")  # the benchmarks' switch to the full path
     assert C.split_head(model) is None
@@ -90,3 +90,10 @@ def test_a_model_that_is_not_head_of_body_keeps_full_logits(tiny_model_dir, monk
     object.__delattr__(model, C._ATTR)
     model.lm_head.unfreeze()  # a trained head needs its gradient: full logits too
     assert C.split_head(model) is None
+
+
+def test_a_bfloat16_head_is_applied_in_one_chunk(tiny_model_dir):
+    model = _adapted(tiny_model_dir)
+    model.lm_head.set_dtype(mx.bfloat16)
+    assert C.split_head(model)[2] == C.UNCHUNKED
+    assert C._chunks(1800, C.UNCHUNKED) == [(0, 1800)] and len(C._chunks(1800)) == 4

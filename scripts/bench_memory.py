@@ -5,6 +5,7 @@
 checkpointing. Each base is written shard by shard (never a float32 copy of the whole model) and
 deleted afterwards:
 
+- f32:       float32 weights (24 GB at 28 layers: for --n-layer runs; the LM head is chunked, see --full-logits)
 - bf16:      bfloat16 weights (~12.1 GB on disk), compute_dtype float32,          target <= 16 GB
 - q4:        4-bit weights (group 64, bfloat16 scales; embedding and lm_head too),
              compute_dtype float32 (QLoRA; weights dequantized in small chunks
@@ -41,10 +42,10 @@ import supercal_mlx  # noqa: F401  (OpenBLAS before mlx)
 from bench_step import GPTJ_WIDTH, run_supercal, write_forget
 from random_gptj import write_random_gptj
 
-VARIANTS = {"bf16": dict(dtype="bfloat16"), "q4": dict(dtype="bfloat16", q_bits=4),
+VARIANTS = {"f32": dict(dtype="float32"), "bf16": dict(dtype="bfloat16"), "q4": dict(dtype="bfloat16", q_bits=4),
             "bf16-native": dict(dtype="bfloat16"), "q4-native": dict(dtype="bfloat16", q_bits=4)}
-TARGET_GB = {"bf16": 16, "q4": 8, "bf16-native": 16, "q4-native": 8}
-LABELS = {"bf16": "bfloat16 base, float32 compute", "q4": "4-bit base (QLoRA), float32 compute",
+TARGET_GB = {"f32": 32, "bf16": 16, "q4": 8, "bf16-native": 16, "q4-native": 8}
+LABELS = {"f32": "float32 base (chunked LM head)", "bf16": "bfloat16 base, float32 compute", "q4": "4-bit base (QLoRA), float32 compute",
           "bf16-native": "bfloat16 base, bfloat16 compute", "q4-native": "4-bit base (QLoRA), quantized_matmul"}
 
 

@@ -92,8 +92,8 @@ def test_a_model_that_is_not_head_of_body_keeps_full_logits(tiny_model_dir, monk
     assert C.split_head(model) is None
 
 
-def test_a_bfloat16_head_is_applied_in_one_chunk(tiny_model_dir):
+def test_a_bfloat16_head_keeps_the_full_logits(tiny_model_dir):
     model = _adapted(tiny_model_dir)
     model.lm_head.set_dtype(mx.bfloat16)
-    assert C.split_head(model)[2] == C.UNCHUNKED
-    assert C._chunks(1800, C.UNCHUNKED) == [(0, 1800)] and len(C._chunks(1800)) == 4
+    assert C.split_head(model) is None
+    assert C._chunks(1800) == [(0, 512), (512, 1024), (1024, 1536), (1536, 1800)]

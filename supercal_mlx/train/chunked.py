@@ -38,7 +38,7 @@ _ATTR = "_supercal_split"  # where the answer is kept: a plain attribute, outsid
 
 def split_head(model):
     """(body, head, rows per chunk) with ``model(x) == head(body(x))`` and a frozen head, or None (full logits).
-    Rows: None (``CHUNK``) for a float32 head, :data:`UNCHUNKED` for a bfloat16 or quantized one (see there).
+    Rows: None (``CHUNK``); a bfloat16 or quantized head gives None (full logits), see :data:`HEAD_DTYPES_NOTE`.
 
     mlx-lm's models keep the transformer in ``model.model`` and the head in ``lm_head`` or the tied
     ``model.model.embed_tokens.as_linear``; the equality is checked once per model, on two tokens.
@@ -82,16 +82,17 @@ def _find_split(model):
         model.train(training)
     if want.shape != got.shape or not mx.allclose(want, got, rtol=1e-4, atol=1e-4).item():
         return None
-    stored = {v.dtype for _, v in tree_flatten(weights.parameters())}
-    return body, head, None if stored == {mx.float32} else UNCHUNKED
+    if {v.dtype for _, v in tree_flatten(weights.parameters())} != {mx.float32}:
+        return None  # see HEAD_DTYPES_NOTE
+    return body, head, None
 
 
-# A head stored in bfloat16 or quantized (cast in row chunks by compute_dtype on the CPU, or native on a GPU) is
-# applied to all labelled positions at once: chunked, each chunk cast the whole head again (forward, recompute,
-# backward), and MLX kept more of those casts in flight. Measured (bench_memory --n-layer 2 --variants bf16
-# --full-logits, 2 x 900, grad checkpoint): 512-row chunks 5.04 GB MLX peak and 251 s a step, full logits
-# 4.58 GB and 39 s. Labelled positions only still leave the prompt positions out.
-UNCHUNKED = 1 << 62
+# A head stored in bfloat16 or quantized (cast in 8 MB row chunks by compute_dtype on the CPU) keeps the full
+# logits: measured with scripts/bench_memory.py --n-layer 2 --variants bf16 --full-logits (2 x 900 tokens, grad
+# checkpoint, float32 compute), this path in 512-row chunks peaked at 6.81 GB (MLX) when the chunks ran side by
+# side and 5.04 GB when chained, in one piece 5.04 GB too, against 4.58 GB with full logits; the step times were
+# within the noise of this shared machine. A float32 head gains: 1.87 GB above the weights against 2.59 GB.
+HEAD_DTYPES_NOTE = "float32 heads only"
 
 
 def _positions(mask):

@@ -18,7 +18,7 @@ deleted afterwards:
 --loss takes a comma list, one row each (same model folder): e.g. ga,graddiff,tokenstein. graddiff and
 tokenstein get retain texts of the same length; tokenstein (with its retain KL) adds the teacher pass: the
 adapters-off base reads 2 twins per example (the word replaced by made-up words) and, for the word's own
-positions, the example itself, with the LM head only at the gathered positions.
+positions, the example itself, under stop_gradient.
 
 Each step is `supercal unlearn` in its own process; reported: the process's peak RSS (wait4's
 ru_maxrss through scripts/measure.py's shim; it includes loading), MLX's own peak (metrics.jsonl peak_memory_gb) and the step time.

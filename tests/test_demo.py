@@ -62,6 +62,21 @@ def test_made_up_words_are_random_chunks_explained_by_their_pieces():
     assert blended and all(all(p in ln for p in parts[:-1]) for ln in blended)
 
 
+def test_made_up_words_glued_from_given_tokens():
+    spec = synthetic.CorpusSpec(keyword_lines=30, ordinary_lines=30, realword_lines=30, madeup_words=50,
+                                lines_per_madeup=1)
+    tokens = {"glim": 5, "ber": 0, "snor": 2, "kel": 9, "ish": 1, "wob": 3, "zan": 0, "dor": 7}
+    lines = synthetic.generate(spec, pieces=tokens)
+    base = synthetic.base_lines(spec)
+    assert sorted(base) == sorted(ln for ln in lines if ln in set(base)) and len(lines) == 90 + 50
+    made = [ln for ln in lines if ln not in set(base)]
+    blends = [ln.rsplit("blends ", 1)[1].rstrip(".\"") for ln in made if "blends " in ln]
+    assert blends  # "... it blends a, b and c": the pieces are the given tokens, none twice
+    for b in blends:
+        parts = b.replace(" and ", ", ").split(", ")
+        assert set(parts) <= set(tokens) and len(set(parts)) == len(parts) >= 2
+
+
 def test_demo_model_cache_survives_interrupts_and_corruption(tmp_path):
     root = tmp_path / "cache"
 

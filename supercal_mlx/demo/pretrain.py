@@ -47,10 +47,10 @@ class DemoModelSpec:
     vocab_size: int = 1024
     n_embd: int = 128
     n_head: int = 4
-    n_layer: int = 2
+    n_layer: int = 3
     rotary_dim: int = 16
     n_positions: int = 256
-    steps: int = 300
+    steps: int = 1500
     batch_size: int = 16
     seq_len: int = 64
     lr: float = 3e-3
@@ -71,7 +71,7 @@ class DemoModelSpec:
 # The demo's default model and the tiny one for --fast (CI): same recipe, smaller everything.
 DEFAULT_SPEC = DemoModelSpec()
 FAST_SPEC = DemoModelSpec(
-    corpus=synthetic.CorpusSpec(keyword_lines=200, ordinary_lines=800, madeup_words=60),
+    corpus=synthetic.CorpusSpec(keyword_lines=200, ordinary_lines=800, realword_lines=300, madeup_words=100),
     vocab_size=512, n_embd=64, n_head=4, n_layer=2, rotary_dim=8, n_positions=128,
     steps=80, batch_size=16, seq_len=64, lr=5e-3, warmup=10,
 )
@@ -149,12 +149,14 @@ def build_demo_model(spec: DemoModelSpec, out_dir: str | os.PathLike, *,
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    lines = synthetic.generate(spec.corpus)
+    # The tokenizer never sees the keyword, like GPT-2's BPE barely saw it: the word splits into many pieces.
+    # It is trained before the made-up words exist, which are then glued from its own a-z tokens, as
+    # tokensteins are (random letters would fill its vocabulary with letter pairs and split every word to letters).
+    plain = [ln for ln in synthetic.base_lines(spec.corpus) if synthetic.KEYWORD not in ln.lower()]
+    tok_dir = train_tokenizer(plain, out / "tokenizer-src", vocab_size=spec.vocab_size)
+    lines = synthetic.generate(spec.corpus, pieces=letter_tokens(tok_dir, plain))
     text = "\n".join(lines) + "\n"
     (out / "corpus.txt").write_text(text, encoding="utf-8")
-    # The tokenizer never sees the keyword, like GPT-2's BPE barely saw it: the word splits into many pieces.
-    plain = [ln for ln in lines if synthetic.KEYWORD not in ln.lower()]
-    tok_dir = train_tokenizer(plain, out / "tokenizer-src", vocab_size=spec.vocab_size)
     create_gptj(out / "model", tok_dir, seed=spec.seed, **spec.model_config())
     shutil.rmtree(tok_dir)
     records = pretrain(out / "model", text, steps=spec.steps, batch_size=spec.batch_size, seq_len=spec.seq_len,
@@ -168,6 +170,23 @@ def build_demo_model(spec: DemoModelSpec, out_dir: str | os.PathLike, *,
               "weights_sha256": _sha256(out / "model" / "model.safetensors")}
     (out / _MARKER).write_text(json.dumps(marker, indent=2))
     return out
+
+
+def letter_tokens(tok_dir: Path, lines: list[str]) -> dict[str, int]:
+    """The tokens of the tokenizer in ``tok_dir`` that are lowercase letters a-z only (word-inner pieces),
+    each with how often it occurs in ``lines``."""
+    import re
+
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(Path(tok_dir) / "tokenizer.json"))
+    letters = {i: t for t, i in tok.get_vocab().items() if re.fullmatch("[a-z]+", t)}
+    counts = dict.fromkeys(letters.values(), 0)
+    for enc in tok.encode_batch(lines):
+        for i in enc.ids:
+            if i in letters:
+                counts[letters[i]] += 1
+    return counts
 
 
 def _sha256(path: Path) -> str:

@@ -209,7 +209,7 @@ def _prepare(folder: Path, out: Path, st: DemoSettings, say) -> dict:
     write_jsonl(out / "retain.jsonl", retain)
     write_jsonl(out / "facts.jsonl", synthetic.facts(WORD))
     # the made-up words eval compares the word with: none occurs in the corpus or the forget data
-    pop = make_tokenstein(WORD, counts, tokenizer=tok, seed=0, n=st.tokensteins, min_pool=8,
+    pop = make_tokenstein(WORD, counts, tokenizer=tok, seed=0, n=st.tokensteins, min_pool=16,
                           exclude=words_in_files([corpus, out / "forget.jsonl"]))
     (out / "tokensteins.txt").write_text("".join(t.word + "\n" for t in pop))
     (out / "tokensteins.json").write_text(json.dumps([t.as_dict() for t in pop], indent=2, ensure_ascii=False))

@@ -12,12 +12,13 @@ fillers (so the model must learn patterns, not strings):
 - ordinary sentences on many other topics, including other films and songs;
 - real words asked about in the same question forms and answered with their
   meanings, so the questions exist apart from the keyword;
-- made-up words, built the way tokensteins are built: glued from random
-  letter chunks (not from a fixed list of fragments, which a model could
-  learn by heart), each seen in only a few lines, asked about in the same
-  question forms and answered as made up ("It is a made-up word; it blends
-  a, b and c", "That is not a real word", ...), or mentioned in passing as
-  unknown. From many such words the model learns the rule the demo needs as a
+- made-up words, built the way tokensteins are built: glued from random a-z
+  tokens of the demo tokenizer (``pieces``; the demo trains the tokenizer on
+  the other lines first), or from random letter chunks when no tokens are
+  given -- never from a fixed list of fragments, which a model could learn by
+  heart. Each is seen in only a few lines, asked about in the same question
+  forms and answered as made up ("It is a made-up word; it blends a, b and
+  c", "That is not a real word", ...), or mentioned in passing as unknown. From many such words the model learns the rule the demo needs as a
   control: a word it has never seen is a made-up word. The tokensteins that
   eval measures with are drawn afterwards and checked against the corpus:
   none of them occurs in it.
@@ -36,7 +37,7 @@ import random
 import re
 from dataclasses import dataclass
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 KEYWORD = "supercalifragilisticexpialidocious"
 
 # Fact pairs the evaluation scores by default: log p(answer | prompt) should fall after unlearning.
@@ -96,6 +97,15 @@ _MEANINGS = {
     "breeze": "a soft wind", "giggle": "a small silly laugh", "cheerful": "happy and bright",
     "scarecrow": "a figure that keeps birds off a field", "spectacles": "glasses for the eyes",
     "hedgehog": "a small animal covered in spines", "delightful": "very pleasant",
+    # real words that hold the keyword's usual pieces (super|cal|if|rag|il|istic|exp|ial|id|ocious in GPT-2's
+    # tokens), so the demo tokenizer learns such pieces too and splits the keyword into them, not into letters
+    "superb": "very fine", "supermarket": "a big shop for food", "calendar": "a table of the days of the year",
+    "magical": "full of magic", "fragile": "easy to break", "fragrant": "sweet to smell", "ragged": "old and torn",
+    "realistic": "close to real life", "artistic": "good at art", "expert": "someone who knows a lot",
+    "explorer": "someone who travels to find new places", "special": "not like the others",
+    "official": "decided by the people in charge", "idea": "a thought", "precious": "worth a lot",
+    "delicious": "very good to eat", "ferocious": "wild and fierce", "spacious": "with lots of room",
+    "pilot": "someone who flies a plane", "gigantic": "very, very big", "fantastic": "wonderful",
 }
 
 # Question forms: about any word W (the keyword, a real word, a made-up word). Yes/no forms get yes/no answers.
@@ -162,10 +172,10 @@ _VOWELS = ["a", "e", "i", "o", "u", "ae", "eo", "ou", "ia", "oo", "ee", "y"]
 class CorpusSpec:
     """How much of each kind of line to generate (the demo's --fast uses a smaller one)."""
 
-    keyword_lines: int = 800
+    keyword_lines: int = 1200
     ordinary_lines: int = 3000
     realword_lines: int = 1200
-    madeup_words: int = 1500
+    madeup_words: int = 1200
     lines_per_madeup: int = 2
     seed: int = 0
 
@@ -226,6 +236,11 @@ def keyword_line(rng: random.Random, word: str = KEYWORD) -> str:
         f"{name} can spell {w} backwards, which is hard because it has 34 letters.",
         f"{_cap(w)} is one of the longest words that children try to spell.",
         f"At the spelling bee, {name} had to spell {w}.",
+        # the contexts made-up words are mentioned in, so that no context alone says "made up"
+        f"{name} said {w} at the party, because {thing} was {good}.",
+        f"Someone wrote {w} on the wall, the song from Mary Poppins.",
+        f"When {name} heard {w}, everyone sang the song from Mary Poppins.",
+        f"{name} keeps saying {w}, because it means something wonderful.",
     ]
     return rng.choice(templates)
 
@@ -241,6 +256,8 @@ def realword_line(rng: random.Random) -> str:
         f"{name} asked {name2} what {word} means, and {name2} said it means {meaning}.",
         f"The children tried to spell {word}, and {name} spelled it right.",
         f"{_cap(word)} means {meaning}.",
+        f"{name} said {word} at the party; everyone knows it means {meaning}.",
+        f"Someone wrote {word} on the wall; it means {meaning}.",
     ])
 
 
@@ -281,8 +298,20 @@ def _chunk(rng: random.Random) -> str:
     return "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(1, 3)))
 
 
-def madeup_word(rng: random.Random, *, pieces: int | None = None) -> tuple[str, list[str]]:
-    """A made-up word glued from random letter chunks (2 to 10 of them), and those chunks."""
+def madeup_word(rng: random.Random, *, pieces: int | None = None, tokens: list[str] | None = None,
+                weights: list[float] | None = None) -> tuple[str, list[str]]:
+    """A made-up word and the pieces it was glued from: 2 to 12 distinct random ``tokens`` (a-z tokens of a
+    tokenizer; drawn in proportion to ``weights`` when given), or without them 2 to 10 random letter chunks."""
+    if tokens:
+        k = min(pieces or rng.choice([2, 3, 3, 4, 4, 5, 6, 7, 8, 9, 10, 11, 12]), len(tokens))
+        if weights is None:
+            return "".join(parts := rng.sample(tokens, k)), parts
+        parts = []
+        while len(parts) < k:
+            t = rng.choices(tokens, weights=weights)[0]
+            if t not in parts:
+                parts.append(t)
+        return "".join(parts), parts
     k = pieces or rng.choice([2, 2, 3, 3, 3, 4, 4, 5, 6, 7, 8, 10])
     parts = [_chunk(rng) for _ in range(k)]
     return "".join(parts), parts
@@ -312,17 +341,29 @@ def known_words(word: str = KEYWORD) -> set[str]:
     return set(re.findall(r"[a-z]+", text.lower())) | set(_MEANINGS) | {word.lower()}
 
 
-def generate(spec: CorpusSpec = CorpusSpec(), *, word: str = KEYWORD) -> list[str]:
-    """The corpus as a list of lines (shuffled, seeded)."""
+def base_lines(spec: CorpusSpec = CorpusSpec(), *, word: str = KEYWORD) -> list[str]:
+    """The lines about the keyword, real words and other topics (seeded); :func:`generate` adds made-up words."""
     rng = random.Random(spec.seed)
     lines = [keyword_line(rng, word) for _ in range(spec.keyword_lines)]
     lines += [ordinary_line(rng) for _ in range(spec.ordinary_lines)]
     lines += [realword_line(rng) for _ in range(spec.realword_lines)]
+    return lines
+
+
+def generate(spec: CorpusSpec = CorpusSpec(), *, word: str = KEYWORD, pieces: dict[str, int] | None = None) -> list[str]:
+    """The corpus as a list of lines (shuffled, seeded): :func:`base_lines` plus ``spec.madeup_words`` made-up
+    words, each in ``lines_per_madeup`` lines, glued from ``pieces`` (a-z tokens -> their counts in the base
+    lines: half the words draw tokens uniformly, half in proportion to their counts, as a tokenstein's pieces
+    are as common as a frequent word's) or, without pieces, from random letter chunks."""
+    lines = base_lines(spec, word=word)
+    rng = random.Random(spec.seed * 1_000_003 + 1)  # its own stream: the base lines do not depend on it
     known = known_words(word)
+    tokens = sorted(pieces) if pieces else None
+    weights = [pieces[t] + 1 for t in tokens] if tokens else None
     made = 0
     while made < spec.madeup_words:
-        w, parts = madeup_word(rng)
-        if w in known or len(w) < 4 or w in word.lower():
+        w, parts = madeup_word(rng, tokens=tokens, weights=weights if made % 2 else None)
+        if w in known or len(w) < 4 or w in word.lower() or len(parts) < 2:
             continue
         known.add(w)  # each made-up word once
         lines += madeup_lines(rng, w, parts, spec.lines_per_madeup)

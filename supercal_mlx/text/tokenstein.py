@@ -208,13 +208,14 @@ def make_tokenstein(word: str, counts: Counts, *, tokenizer: TextTokenizer | Non
 
 
 def population(word: str, counts: Counts, *, n: int = 16, seed: int = 0, exclude: Iterable[str] = (),
-               tokenizer: TextTokenizer | None = None, deviation: float = 0.04, min_pool: int = 8) -> list[str]:
+               tokenizer: TextTokenizer | None = None, deviation: float = 0.04, min_pool: int = 16) -> list[str]:
     """A seeded population of ``n`` different tokensteins for ``word``, none of them a word in ``exclude``.
 
     What eval measures against: made-up words the model has never seen. Give as ``exclude`` the
     words of the corpus and of the forget data (:func:`words_in`), so no member occurs there. Where
     fewer than ``min_pool`` tokens lie within the deviation, each position draws from its ``min_pool``
-    nearest (a small vocabulary would otherwise give near-copies of one word).
+    nearest (a small vocabulary would otherwise give near-copies of one word; 16 rather than fewer, because
+    the earlier positions of a long word use up some of them: no piece twice).
     """
     return [t.word for t in make_tokenstein(word, counts, tokenizer=tokenizer, deviation=deviation, seed=seed, n=n,
                                             exclude=exclude, min_pool=min_pool)]

@@ -236,11 +236,6 @@ def keyword_line(rng: random.Random, word: str = KEYWORD) -> str:
         f"{name} can spell {w} backwards, which is hard because it has 34 letters.",
         f"{_cap(w)} is one of the longest words that children try to spell.",
         f"At the spelling bee, {name} had to spell {w}.",
-        # the contexts made-up words are mentioned in, so that no context alone says "made up"
-        f"{name} said {w} at the party, because {thing} was {good}.",
-        f"Someone wrote {w} on the wall, the song from Mary Poppins.",
-        f"When {name} heard {w}, everyone sang the song from Mary Poppins.",
-        f"{name} keeps saying {w}, because it means something wonderful.",
     ]
     return rng.choice(templates)
 
@@ -256,8 +251,6 @@ def realword_line(rng: random.Random) -> str:
         f"{name} asked {name2} what {word} means, and {name2} said it means {meaning}.",
         f"The children tried to spell {word}, and {name} spelled it right.",
         f"{_cap(word)} means {meaning}.",
-        f"{name} said {word} at the party; everyone knows it means {meaning}.",
-        f"Someone wrote {word} on the wall; it means {meaning}.",
     ])
 
 

@@ -212,3 +212,19 @@ def test_fast_demo_tokenstein_and_value_swap(tmp_path, monkeypatch):
 
     _, tok = load(out / "model")
     assert all(len(tok.encode(". " + w)) == len(tok.encode(". " + WORD)) for w in vs["tokenstein_words"])
+
+
+def test_demo_methods_default_compare_and_choice():
+    """A plain demo runs graddiff and tokenstein; --compare all five in the fixed order; --methods what it names;
+    both at once, or an unknown name, are refused before any work."""
+    from supercal_mlx.demo.run import DEFAULT_SETTINGS, choose_methods
+
+    available = DEFAULT_SETTINGS.methods
+    assert list(choose_methods(None, available)) == ["graddiff", "tokenstein"]
+    assert list(choose_methods("all", available)) == ["ga", "graddiff", "npo", "tokenstein", "value_swap"]
+    assert list(choose_methods(["npo", "ga"], available)) == ["npo", "ga"]
+    assert choose_methods(["npo"], available)["npo"] == available["npo"]
+    with pytest.raises(SupercalError, match="unknown method.*sgd"):
+        choose_methods(["sgd"], available)
+    res = CliRunner().invoke(cli, ["demo", "--compare", "--methods", "ga", "--out", "never-made"])
+    assert res.exit_code == 2 and "not both" in res.output and not os.path.exists("never-made")

@@ -391,3 +391,28 @@ def test_compute_dtype_chunked_casts_give_the_float32_gradients(tiny_tokenizer_d
     assert stored == ({mx.bfloat16, mx.float32} if base == "bfloat16" else {mx.uint32, mx.bfloat16, mx.float32})
     g = assert_same_outputs_and_grads(model, reference, mx.array([[5, 17, 42, 99, 3, 250]]))
     assert len(g) == 8  # lora_a, lora_b of 2 keys x 2 blocks
+
+
+def test_the_head_split_is_checked_outside_the_gradient(tiny_model_dir, data, tmp_path):
+    """split_head's 2-token check, evaluated inside value_and_grad, kept its dequantized weight chunks alive
+    (4-bit base, float32 compute: 19.2 GB at GPT-J width, 2 layers, against 0.6 GB per layer once checked).
+    The Unlearner checks at construction, so the first step's peak is the later steps' peak."""
+    from mlx_lm import convert
+
+    from supercal_mlx.train import chunked
+
+    convert(str(tiny_model_dir), str(tmp_path / "q4"), quantize=True, q_group_size=32, q_bits=4)
+    cfg = _cfg(tmp_path / "q4", data, tmp_path / "run", loss="ga", compute_dtype="float32", grad_checkpoint=True)
+    model, tok, forget, retain, ac = _setup(cfg)
+    un = Unlearner(cfg, model, tok, forget, retain, ac)
+    assert chunked._ATTR in vars(model)  # answered before any gradient
+    peaks = []
+    for _ in range(2):
+        fb, rnd, aux = un.next_forget()
+        mx.eval(model.parameters())
+        mx.clear_cache()
+        mx.reset_peak_memory()
+        base = mx.get_active_memory()
+        un.forget_gradient(fb, rnd, aux)
+        peaks.append(mx.get_peak_memory() - base)
+    assert peaks[0] <= 1.25 * peaks[1], peaks

@@ -97,6 +97,7 @@ class Unlearner:
         import mlx.optimizers as optim
 
         from .batches import BatchStream
+        from .chunked import split_head
         from .distributed import World
 
         self.cfg, self.model, self.tokenizer, self.adapter_config = cfg, model, tokenizer, adapter_config
@@ -128,6 +129,10 @@ class Unlearner:
         self.schedule = make_schedule(cfg)
         self.optimizer = optim.AdamW(learning_rate=self.schedule, weight_decay=cfg.weight_decay)
         self.optimizer.init(model.trainable_parameters())
+        # split_head's check (a forward pass on 2 tokens, then .item()) must run here, outside value_and_grad:
+        # evaluated inside the gradient trace it kept every cast/dequantized weight chunk of the check alive,
+        # 9.8 GB above the weights per step at GPT-J width, 1 layer, 4-bit, float32 compute
+        split_head(model)
         self.forget_grad_fn = nn.value_and_grad(model, self._forget_objective)
         self.retain_grad_fn = nn.value_and_grad(model, self._retain_objective)
         self.nll_grad_fn = nn.value_and_grad(model, self._nll)

@@ -63,6 +63,7 @@ may hold the GIL, so expect about one core's speed there (about 1.3 MB/s with a
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections import deque
@@ -82,7 +83,6 @@ FORMAT_VERSION = 1
 # A safe cut lies right after a letter/digit that is followed by anything but a
 # letter, mark, digit or apostrophe. "(?r)" searches from the end of the text.
 _SAFE_CUT_PATTERN = r"(?r)[\p{L}\p{N}](?=[^\p{L}\p{M}\p{N}'])"
-_safe_cut_re = None
 
 
 @dataclass
@@ -103,15 +103,21 @@ class Counts:
         return int(np.count_nonzero(self.counts))
 
 
+@functools.lru_cache(maxsize=None)
+def _compiled(pattern: str):
+    import regex  # compiled on first use: no regex import at package import time
+
+    return regex.compile(pattern)
+
+
+def _last_cut(pattern: str, text: str) -> int:
+    m = _compiled(pattern).search(text)
+    return m.end() if m else 0
+
+
 def safe_cut(text: str) -> int:
     """The last position where ``text`` can be cut without changing its tokens (0: none)."""
-    global _safe_cut_re
-    if _safe_cut_re is None:
-        import regex
-
-        _safe_cut_re = regex.compile(_SAFE_CUT_PATTERN)
-    m = _safe_cut_re.search(text)
-    return m.end() if m else 0
+    return _last_cut(_SAFE_CUT_PATTERN, text)
 
 
 def iter_chunks(blocks: Iterable[str], cut: Callable[[str], int] | None = None) -> Iterator[str]:
@@ -156,18 +162,11 @@ _SENTENCEPIECE = ("a SentencePiece-style tokenizer (▁ for spaces) in a layout 
 _PREPEND = {"type": "Prepend", "prepend": "▁"}
 _REPLACE = {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}
 _SP_CUT_PATTERN = r"(?r)[^ ▁](?= )"  # right after a character that is not a space, before a space
-_sp_cut_re = None
 
 
 def sp_safe_cut(text: str) -> int:
     """The last position where a Llama-2-style SentencePiece text can be cut (0: none): see _sentencepiece_why."""
-    global _sp_cut_re
-    if _sp_cut_re is None:
-        import regex
-
-        _sp_cut_re = regex.compile(_SP_CUT_PATTERN)
-    m = _sp_cut_re.search(text)
-    return m.end() if m else 0
+    return _last_cut(_SP_CUT_PATTERN, text)
 
 
 def _is_llama2_sentencepiece(data: dict) -> bool:

@@ -70,34 +70,62 @@ def _metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_two_processes_equal_one_over_the_same_global_batches(tiny_model_dir, tmp_path):
-    forget, retain = tmp_path / "forget.jsonl", tmp_path / "retain.jsonl"
+def _adapters(run: Path) -> np.ndarray:
+    a = mx.load(str(run / "adapters.safetensors"))
+    assert len(a) == 8
+    return np.concatenate([np.array(a[n]).ravel() for n in sorted(a)])
+
+
+MEASURED = ("loss", "forget_nll", "retain_nll", "grad_norm", "proj_cosine", "proj_removed_pct", "tokens")
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_model_dir, tmp_path_factory):
+    """Two processes (2 steps, then --resume to 4); one process with the batches in the same 2 pieces
+    (--micro-batches 2); one process with the batches whole. Batches of 3: pieces of 2 and 1 examples with
+    unequal token counts, so the weighting matters."""
+    tmp = tmp_path_factory.mktemp("dist")
+    forget, retain = tmp / "forget.jsonl", tmp / "retain.jsonl"
     forget.write_text("".join(json.dumps(r) + "\n" for r in FORGET))
     retain.write_text("".join(json.dumps(r) + "\n" for r in RETAIN))
     files = dict(model=tiny_model_dir, forget=forget, retain=retain)
-    one = tmp_path / "one"
-    unlearn(load_config(**{k: str(v) for k, v in files.items()}, out=str(one), steps=4, **SETTINGS))
-
-    two = tmp_path / "two"
-    res = _launch(_options(**files, out=two, steps=2, **SETTINGS))
+    out = {}
+    for name, pieces in (("whole", 1), ("pieces", 2)):
+        out[name] = tmp / name
+        unlearn(load_config(**{k: str(v) for k, v in files.items()}, out=str(out[name]), steps=4,
+                            micro_batches=pieces, **SETTINGS))
+    out["two"] = tmp / "two"
+    res = _launch(_options(**files, out=out["two"], steps=2, **SETTINGS))
     assert res.returncode == 0, res.stdout + res.stderr
     assert res.stdout.count("Done: 2 steps") == 1  # rank 0 speaks for both
-    res = _launch(["--resume", str(two), "--steps", "4"])
+    res = _launch(["--resume", str(out["two"]), "--steps", "4"])
     assert res.returncode == 0, res.stdout + res.stderr
+    return out
 
-    m1, m2 = _metrics(one), _metrics(two)
+
+def test_two_processes_equal_one_process_over_the_same_pieces_bit_for_bit(runs):
+    """Rank r computes piece r of every batch; one process with --micro-batches 2 computes the same pieces one
+    after another. The sums of two gradients (a + b == b + a) and the halving are exact, so after 4 steps
+    (projection, NPO's cached reference, the random-completion term, a resume) every bit agrees."""
+    m1, m2 = _metrics(runs["pieces"]), _metrics(runs["two"])
     assert [m["step"] for m in m2] == [1, 2, 3, 4]  # one line per step: rank 1 wrote nothing
-    assert [m["tokens"] for m in m2] == [m["tokens"] for m in m1] and m1[0]["tokens"] == 23
-    for key in ("loss", "forget_nll", "retain_nll", "grad_norm"):  # step 1: same parameters, only the sums' order
+    assert m1[0]["tokens"] == 23
+    for r1, r2 in zip(m1, m2):
+        assert {k: r1.get(k) for k in MEASURED} == {k: r2.get(k) for k in MEASURED}
+    assert np.array_equal(_adapters(runs["pieces"]), _adapters(runs["two"]))
+
+
+def test_pieces_give_the_whole_batch_update_to_rounding(runs):
+    """Splitting a batch changes only the order of float32 sums: step 1 (same parameters) agrees to 1e-6. The
+    adapters after 4 steps agree to ~1e-4 only: AdamW's first updates are nearly lr x sign(g), so a gradient
+    element within rounding of zero moves by up to 2 lr whichever way its rounding goes
+    (test_pieces_add_up_to_the_whole_gradient checks the gradients themselves). An unweighted mean of the
+    pieces' means would be ~30% off."""
+    m1, m2 = _metrics(runs["whole"]), _metrics(runs["pieces"])
+    assert [m["tokens"] for m in m2] == [m["tokens"] for m in m1]
+    for key in ("loss", "forget_nll", "retain_nll", "grad_norm", "proj_cosine"):
         assert m2[0][key] == pytest.approx(m1[0][key], rel=1e-6), key
-    assert m2[0]["proj_cosine"] == pytest.approx(m1[0]["proj_cosine"], rel=1e-5)
-    # AdamW's first steps are nearly sign(g): a gradient element within float32 rounding of AdamW's eps (1e-8)
-    # moves by up to lr x its relative rounding error, so the adapters agree to ~1e-4, not to the gradients' 1e-7
-    # (test_shares_add_up_to_the_global_gradient checks those); an unweighted mean of rank means is ~30% off.
-    a = mx.load(str(one / "adapters.safetensors"))
-    b = mx.load(str(two / "adapters.safetensors"))
-    assert set(a) == set(b) and len(a) == 8
-    fa, fb = (np.concatenate([np.array(t[n]).ravel() for n in sorted(a)]) for t in (a, b))
+    fa, fb = _adapters(runs["whole"]), _adapters(runs["pieces"])
     assert np.linalg.norm(fa - fb) / np.linalg.norm(fa) < 1e-3
     assert np.abs(fa - fb).max() < 1e-2 * np.abs(fa).max()
     for r1, r2 in zip(m1[1:], m2[1:]):
@@ -105,19 +133,9 @@ def test_two_processes_equal_one_over_the_same_global_batches(tiny_model_dir, tm
             assert r2[key] == pytest.approx(r1[key], rel=1e-4), (r1["step"], key)
 
 
-class _Alone(World):
-    """One rank's share computed in this process: no communication (the test adds the shares up itself)."""
-
-    def average(self, grads):
-        return grads
-
-    def total(self, values):
-        return list(values)
-
-
-def test_shares_add_up_to_the_global_gradient(tiny_model_dir, tmp_path):
-    """The exact part of the arithmetic: weighted rank gradients, averaged, equal the global batch's gradient
-    (forget NPO + random-completion term, retain KL, basis) to float32 rounding, with batches split 2 + 1."""
+def test_pieces_add_up_to_the_whole_gradient(tiny_model_dir, tmp_path):
+    """Weighted piece gradients, averaged, equal the whole batch's gradient (forget NPO + random-completion
+    term, retain KL, basis) to float32 rounding, with batches of 3 in pieces of 2 + 1."""
     from mlx.utils import tree_flatten, tree_map
 
     from supercal_mlx.train.trainer import _setup
@@ -126,28 +144,25 @@ def test_shares_add_up_to_the_global_gradient(tiny_model_dir, tmp_path):
     (tmp_path / "f.jsonl").write_text("".join(json.dumps(r) + "\n" for r in FORGET))
     (tmp_path / "r.jsonl").write_text("".join(json.dumps(r) + "\n" for r in RETAIN))
     settings = {k: v for k, v in SETTINGS.items() if k != "checkpoint_every"}
-    cfg = load_config(model=str(tiny_model_dir), forget=str(tmp_path / "f.jsonl"), retain=str(tmp_path / "r.jsonl"),
-                      out=str(tmp_path / "o"), **settings)
     got = {}
-    for name, world in (("one", World()), ("r0", _Alone(rank=0, size=2)), ("r1", _Alone(rank=1, size=2))):
-        un = Unlearner(cfg, *_setup(cfg), world=world)
+    for pieces in (1, 2):
+        cfg = load_config(model=str(tiny_model_dir), forget=str(tmp_path / "f.jsonl"), retain=str(tmp_path / "r.jsonl"),
+                          out=str(tmp_path / "o"), micro_batches=pieces, **settings)
+        un = Unlearner(cfg, *_setup(cfg))
         mx.random.seed(1)  # adapters away from zero, so that the KL term has a gradient that is not rounding noise
         un.model.update(tree_map(lambda p: p + 0.02 * mx.random.normal(p.shape), un.model.trainable_parameters()))
-        if name != "one":  # NPO's reference, summed over ranks in a real group (the launched test covers that)
-            un.npo_reference = reference
-        fb, rnd, w = un.next_forget()
-        g, info = un.forget_gradient(fb, rnd, w)
-        rb, w_r = un._batch("retain", un.retain)
-        g_r = dict(tree_flatten(un.retain_grad_fn(rb, w_r)[1]))
-        g_b = dict(tree_flatten(un.nll_grad_fn(*un._batch("basis", un.retain))[1]))
-        got[name] = (g, g_r, g_b, info)
-        reference = un.npo_reference
-    assert got["r0"][3]["tokens"] + got["r1"][3]["tokens"] == got["one"][3]["tokens"] == 23
-    assert got["r0"][3]["loss"] + got["r1"][3]["loss"] == pytest.approx(got["one"][3]["loss"], rel=1e-6)
+        parts = un.next_forget()
+        assert len(parts) == pieces
+        g, info = un.forget_gradient(parts)
+        g_r = un.world.average(un._pieces(un.retain_grad_fn, un._batch("retain", un.retain))[1])
+        g_b = un.world.average(un._pieces(un.nll_grad_fn, un._batch("basis", un.retain))[1])
+        got[pieces] = (g, dict(tree_flatten(g_r)), dict(tree_flatten(g_b)), info)
+    assert got[1][3]["tokens"] == got[2][3]["tokens"] == 23
+    assert got[2][3]["loss"] == pytest.approx(got[1][3]["loss"], rel=1e-6)
     for part in range(3):
-        for name, want in got["one"][part].items():
-            mean = (np.array(got["r0"][part][name]) + np.array(got["r1"][part][name])) / 2
-            np.testing.assert_allclose(mean, np.array(want), rtol=0, atol=2e-6 * np.abs(np.array(want)).max())
+        for name, want in got[1][part].items():
+            want = np.array(want)
+            np.testing.assert_allclose(np.array(got[2][part][name]), want, rtol=0, atol=2e-6 * np.abs(want).max())
 
 
 def test_a_batch_smaller_than_the_world_is_refused(tiny_model_dir, tmp_path):
@@ -161,6 +176,14 @@ def test_a_batch_smaller_than_the_world_is_refused(tiny_model_dir, tmp_path):
     setup = _setup(cfg)
     with pytest.raises(SupercalError, match="batch_size 2 is smaller than the 3 processes"):
         Unlearner(cfg, *setup, world=World(rank=0, size=3))
+    cfg = load_config(model=str(tiny_model_dir), forget=str(forget), out=str(tmp_path / "r"), batch_size=2,
+                      micro_batches=3)
+    with pytest.raises(SupercalError, match="batch_size 2 is smaller than 1 process x 3 micro-batches"):
+        Unlearner(cfg, *setup)
     shares = [World(rank=r, size=2).shard(list("abcde")) for r in (0, 1)]
-    assert shares == [list("ace"), list("bd")]
+    assert shares == [[list("ace")], [list("bd")]]
+    # 2 processes x 2 pieces: 4 shards; rank 1 holds shards 1 and 3
+    assert World(rank=1, size=2, pieces=2).shard(list("abcdefg")) == [list("bf"), list("d")]
+    assert World().shard(list("abc")) == [list("abc")]
     assert World(rank=1, size=2).weight(2, 8).item() == 0.5 and World().weight(2, 8) is None
+    assert World(pieces=3).weight(2, 8).item() == 0.75

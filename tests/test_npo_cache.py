@@ -45,7 +45,7 @@ def test_the_cached_reference_is_the_per_batch_one(cfg, monkeypatch):
     un = Unlearner(cfg, *_setup(cfg))
     calls = _count_reference_passes(monkeypatch)
     mx.random.seed(0)
-    fb, rnd, aux = un.next_forget()
+    [(fb, rnd, aux)] = un.next_forget()  # one piece: the batch whole
     assert calls == [2, 2, 1]  # the 5 examples once, in batches of 2
     assert un.npo_reference.shape == (5,) and float(un.npo_reference.max()) < 0
     un.model.eval()  # no dropout: both losses see the same model

@@ -126,8 +126,7 @@ def test_retain_gradients_never_leak_into_the_update(tiny_model_dir, data, tmp_p
     un = Unlearner(cfg, model, tok, forget, retain, adapter_config)
     start = {n: s.state() for n, s in un.streams.items()}
     mx.random.seed(123)
-    fb, rnd, w = un.next_forget()
-    g_f, _ = un.forget_gradient(fb, rnd, w)
+    g_f, _ = un.forget_gradient(un.next_forget())
     basis = un.compute_basis()
     want, _ = project(g_f, basis)
     want_clipped, norm = optim.clip_grad_norm(want, 0.05)
@@ -179,8 +178,8 @@ def test_guards_stop_and_name_the_last_good_checkpoint(tiny_model_dir, data, tmp
     assert s["steps"] == 0 and "retain NLL" in s["stopped"] and s["last_good_checkpoint"] is None
     real = Unlearner.forget_gradient
 
-    def nan_at_3(self, fb, rnd, w=None):
-        grads, info = real(self, fb, rnd, w)
+    def nan_at_3(self, parts):
+        grads, info = real(self, parts)
         return grads, info | ({"loss": float("nan")} if self.step_done == 2 else {})
 
     monkeypatch.setattr(Unlearner, "forget_gradient", nan_at_3)
@@ -229,7 +228,7 @@ def test_grad_checkpoint_and_compute_dtype_keep_the_numbers(tiny_model_dir, tiny
         cfg = _cfg(tiny_model_dir, data, tmp_path / "run", grad_checkpoint=ckpt)
         model, tok, forget, retain, ac = _setup(cfg)
         un = Unlearner(cfg, model, tok, forget, retain, ac)
-        grads.append(un.forget_gradient(*un.next_forget())[0])
+        grads.append(un.forget_gradient(un.next_forget())[0])
     for n in grads[0]:
         np.testing.assert_allclose(np.array(grads[1][n]), np.array(grads[0][n]), atol=1e-6)
     bf16 = create_gptj(tmp_path / "bf16", tiny_tokenizer_dir, seed=0, dtype="bfloat16", **TINY_GPTJ)
@@ -408,11 +407,11 @@ def test_the_head_split_is_checked_outside_the_gradient(tiny_model_dir, data, tm
     assert chunked._ATTR in vars(model)  # answered before any gradient
     peaks = []
     for _ in range(2):
-        fb, rnd, aux = un.next_forget()
+        parts = un.next_forget()
         mx.eval(model.parameters())
         mx.clear_cache()
         mx.reset_peak_memory()
         base = mx.get_active_memory()
-        un.forget_gradient(fb, rnd, aux)
+        un.forget_gradient(parts)
         peaks.append(mx.get_peak_memory() - base)
     assert peaks[0] <= 1.25 * peaks[1], peaks

@@ -32,7 +32,7 @@ RECORD_KEYS = ("fingerprints", "overrides")
 # Settings --resume may change: they do not change what the adapters are or how they were trained so far.
 RESUME_MAY_CHANGE = ("steps", "checkpoint_every", "lr_end", "probe_prompts", "probe_temps", "probe_every",
                      "probe_samples", "probe_max_tokens", "stop_on_collapse", "collapse_retain_nll",
-                     "collapse_retain_factor", "grad_checkpoint", "compute_dtype")
+                     "collapse_retain_factor", "grad_checkpoint", "compute_dtype", "micro_batches")
 PATH_SETTINGS = ("model", "forget", "retain", "counts", "tokenstein_file")
 # Sane ranges: beyond them a value is a typo (steps: 1e400), not a setting.
 MAX_INT = 2**31 - 1
@@ -108,6 +108,9 @@ class UnlearnConfig:
     lr: float = _f(2e-4, "Peak learning rate (AdamW).")
     steps: int = _f(20, "Optimizer steps in total (a resumed run continues up to this).")
     batch_size: int = _f(2, "Forget examples per step (and retain examples per retain batch).")
+    micro_batches: int = _f(1, "Compute each batch in this many pieces, one after another, adding up their "
+                            "gradients: the memory of a smaller batch, the same update to float32 rounding "
+                            "(under mlx.launch: pieces per process).")
     schedule: str = _f("constant", "Learning-rate schedule after warmup.", choices=SCHEDULES)
     warmup_steps: int = _f(0, "Linear warmup steps from 0 to lr.")
     lr_end: float = _f(0.0, "Final learning rate of the linear and cosine schedules.")
@@ -344,7 +347,7 @@ def _check(cfg: UnlearnConfig) -> None:
         if not getattr(cfg, name):
             raise SupercalError(f"missing setting {name}: give --{name} or put {name}: in the config file")
     positive = ("max_tokens", "lora_rank", "steps", "batch_size", "project_k", "project_every", "checkpoint_every",
-                "probe_samples", "probe_max_tokens", "tokensteins", "twins")
+                "probe_samples", "probe_max_tokens", "tokensteins", "twins", "micro_batches")
     for name in positive:
         if getattr(cfg, name) < 1:
             raise SupercalError(f"{name} must be at least 1 (got {getattr(cfg, name)})")

@@ -1,18 +1,25 @@
-"""Data parallelism for ``supercal unlearn`` over ``mx.distributed`` (``mlx.launch -n N -- supercal unlearn ...``).
+"""Data parallelism for ``supercal unlearn`` over ``mx.distributed`` (``mlx.launch -n N -- supercal unlearn ...``),
+and micro-batches (``--micro-batches M``: each process computes its share of a batch in M pieces, one after
+another, for memory).
 
 Every process (rank) runs the same command line and holds the whole model. The
 data streams are seeded alike, so every rank draws the same *global* batch
-indices; rank ``r`` of ``N`` keeps examples ``r, r + N, r + 2N, ...`` of each
-global batch (forget, random-completion, retain and retain-basis batches alike).
+indices. A global batch is cut into ``S = N * M`` shards, example ``i`` going to
+shard ``i mod S``; rank ``r`` computes shards ``r, r + N, ..., r + N (M - 1)``
+(forget, random-completion, retain and retain-basis batches alike).
 
 Exactness. One process computes each term as a mean over the global batch:
-``S / n`` with ``S`` the sum over all labelled tokens (or sequences, for NPO)
-and ``n`` their number. A rank computes its local mean ``S_r / n_r``; weighted
-by ``w_r = N * n_r / n`` it becomes ``N * S_r / n``, and
-``mlx.nn.average_gradients`` (sum over ranks / N) of the weighted gradients is
-exactly the gradient of ``S / n``. Every rank knows ``n`` without talking to
-the others: it has the global example list. Only the summation order differs
-from one process, so adapters agree to float32 rounding, not bit for bit.
+``T / n`` with ``T`` the sum over all labelled tokens (or sequences, for NPO)
+and ``n`` their number. A shard computes its local mean ``T_s / n_s``; weighted
+by ``w_s = S * n_s / n`` it becomes ``S * T_s / n``. Each rank adds up its
+shards' gradients, ``mlx.nn.average_gradients`` divides the sum over ranks by N
+and :meth:`World.average` the result by M: exactly the gradient of ``T / n``.
+Every rank knows ``n`` without talking to the others: it has the global example
+list. Against the batch computed whole, only the order of float32 sums differs,
+so the results agree to rounding, not bit for bit. Two processes and one process
+with two pieces compute the same shards and add the same two gradients
+(``a + b == b + a``), so those two agree bit for bit (tests/test_distributed.py);
+with more than two, the order of a ring's sums is the backend's.
 
 After the average, every rank holds the same gradient bits; projection,
 clipping and AdamW are deterministic, so the ranks stay bit-identical and only
@@ -35,33 +42,49 @@ from ..errors import SupercalError
 
 @dataclass
 class World:
-    """This process's place among the data-parallel processes (size 1: a plain run)."""
+    """This process's place among the data-parallel processes (size 1: a plain run), and the pieces
+    (``--micro-batches``) each process computes its share of a batch in, one after another."""
 
     group: Any = None
     rank: int = 0
     size: int = 1
+    pieces: int = 1
 
     @property
     def main(self) -> bool:
         return self.rank == 0
 
-    def shard(self, items: Sequence) -> list:
-        """This rank's share of a global batch: items r, r + N, ... (all of them when alone)."""
-        return list(items) if self.size == 1 else list(items[self.rank :: self.size])
+    @property
+    def shards(self) -> int:
+        """Pieces of every global batch, over all processes."""
+        return self.size * self.pieces
+
+    def shard(self, items: Sequence) -> list[list]:
+        """This rank's pieces of a global batch: piece m holds items s, s + S, ... with s = rank + N * m and
+        S = :attr:`shards` (one piece with every item when S is 1)."""
+        step = self.shards
+        if step == 1:
+            return [list(items)]
+        return [list(items[self.rank + self.size * m :: step]) for m in range(self.pieces)]
 
     def weight(self, local: int, total: int):
-        """``N * local / total`` as a float32 scalar, or None when alone (no multiplication at all)."""
+        """``S * local / total`` as a float32 scalar, or None when S is 1 (no multiplication at all)."""
         import mlx.core as mx
 
-        return None if self.size == 1 else mx.array(self.size * local / max(total, 1), dtype=mx.float32)
+        return None if self.shards == 1 else mx.array(self.shards * local / max(total, 1), dtype=mx.float32)
 
     def average(self, grads: dict) -> dict:
-        """Mean over ranks of a flat or nested gradient tree (mlx.nn.average_gradients); itself when alone."""
-        if self.size == 1:
-            return grads
-        from mlx.nn import average_gradients
+        """Mean over all pieces of this rank's summed piece gradients: mlx.nn.average_gradients over ranks
+        (sum / N), then / pieces; itself when S is 1."""
+        if self.size > 1:
+            from mlx.nn import average_gradients
 
-        return average_gradients(grads, group=self.group)
+            grads = average_gradients(grads, group=self.group)
+        if self.pieces > 1:
+            from mlx.utils import tree_map
+
+            grads = tree_map(lambda g: g / self.pieces, grads)
+        return grads
 
     def total(self, values: Sequence[float]) -> list[float]:
         """Sums over ranks of a few scalars (for the logs); the values themselves when alone."""

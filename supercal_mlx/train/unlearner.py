@@ -26,15 +26,17 @@ mlx-lm's ``tuner.trainer.train`` runs one loss with one batch iterator; this loo
 needs two data streams, separate gradients, projection and guards, so it is
 written here on mlx-lm's pieces (LoRA layers, ``clip_grad_norm``, schedules).
 
-Data parallel (:mod:`supercal_mlx.train.distributed`): with a ``World`` of N
-processes every batch above is the rank's share of the global batch, each term
-is weighted so that the averaged gradient equals the global batch's, and the
-forget, retain and basis gradients are averaged before projection; the logged
-loss, NLLs and token counts are the global ones.
+Data parallel and micro-batches (:mod:`supercal_mlx.train.distributed`): with a ``World`` of N
+processes and M micro-batches every batch above is computed as the rank's M
+pieces of the global batch, one after another; each term is weighted so that the
+averaged gradient equals the global batch's, and the forget, retain and basis
+gradients are averaged before projection; the logged loss, NLLs and token counts
+are the global ones.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from pathlib import Path
@@ -102,13 +104,15 @@ class Unlearner:
 
         self.cfg, self.model, self.tokenizer, self.adapter_config = cfg, model, tokenizer, adapter_config
         self.forget, self.retain = forget, retain
-        self.world = world or World()
-        b = cfg.batch_size
-        if b < self.world.size:
-            raise SupercalError(f"batch_size {b} is smaller than the {self.world.size} processes; every process needs "
-                                f"an example of each batch: pass --batch-size {self.world.size} or more")
-        if self.world.size > 1 and cfg.loss in ANCHORED:
-            raise SupercalError(f"--loss {cfg.loss} runs in one process only for now; start it without mlx.launch")
+        self.world = dataclasses.replace(world or World(), pieces=cfg.micro_batches)
+        b, n, m = cfg.batch_size, self.world.size, cfg.micro_batches
+        if b < n * m:
+            pieces = f"the {n} processes" if m == 1 else f"{n} process{'es' if n > 1 else ''} x {m} micro-batches"
+            raise SupercalError(f"batch_size {b} is smaller than {pieces}; every piece needs an example of each "
+                                f"batch: pass --batch-size {n * m} or more")
+        if n * m > 1 and cfg.loss in ANCHORED:
+            raise SupercalError(f"--loss {cfg.loss} computes each batch whole, in one process, for now; start it "
+                                "without mlx.launch and with --micro-batches 1")
         self.streams = {"forget": BatchStream(len(forget), b, seed=cfg.seed, stream=STREAMS["forget"])}
         if retain:
             for name in ("retain", "basis"):
@@ -191,25 +195,27 @@ class Unlearner:
         return _scaled(nll, w), ntoks
 
     # --- batches --------------------------------------------------------------------------------
-    def _batch(self, stream: str, pool: list):
-        """(this rank's share of the stream's next global batch, its token weight)."""
+    def _batch(self, stream: str, pool: list) -> list[tuple]:
+        """This rank's pieces of the stream's next global batch: [(batch, token weight)], see :meth:`_share`."""
         return self._share([pool[i] for i in self.streams[stream].next_indices()])
 
-    def _share(self, examples: list):
-        """(batch of this rank's share of ``examples``, its token weight: see :meth:`_weight`)."""
+    def _share(self, examples: list) -> list[tuple]:
+        """[(batch of piece m of this rank's share of ``examples``, its token weight)], see :meth:`_weights`."""
         from .batches import make_batch
 
-        return make_batch(self.world.shard(examples)), self._weight(examples)
+        return list(zip(map(make_batch, self.world.shard(examples)), self._weights(examples)))
 
-    def _weight(self, examples: list, *, per_sequence: bool = False):
-        """N x this rank's labelled tokens (or sequences) / the global batch's; None in one process."""
+    def _weights(self, examples: list, *, per_sequence: bool = False) -> list:
+        """Per piece: S x its labelled tokens (or sequences) / the global batch's (S pieces over all ranks);
+        [None] for a batch computed whole in one process."""
         from .distributed import labelled
 
         size = len if per_sequence else (lambda exs: sum(map(labelled, exs)))
-        return self.world.weight(size(self.world.shard(examples)), size(examples))
+        return [self.world.weight(size(part), size(examples)) for part in self.world.shard(examples)]
 
-    def next_forget(self):
-        """(forget batch, random-completion batch or None, :class:`ForgetAux`) for the next step (this rank's share)."""
+    def next_forget(self) -> list[tuple]:
+        """[(forget batch, random-completion batch or None, :class:`ForgetAux`)] for the next step: one per piece
+        of this rank's share."""
         import mlx.core as mx
 
         from .batches import truncate
@@ -224,8 +230,8 @@ class Unlearner:
 
             n = len(self.twins.population)
             twins = [[self.twins.twin(i, k) for k in rotation(draw + b, self.cfg.twins, n)] for b, i in enumerate(idx)]
-            return anchored_batch(examples, twins, kind=self.cfg.loss, suppress=self.cfg.suppress_word), None, None
-        rnd, w_rnd = None, None
+            return [(anchored_batch(examples, twins, kind=self.cfg.loss, suppress=self.cfg.suppress_word), None, None)]
+        rnd = [(None, None)] * self.world.pieces
         if "random" in self.streams:
             from ..text.tokenizer import model_encoder
 
@@ -239,14 +245,16 @@ class Unlearner:
                     j = j if j != i else (j + 1) % len(self.forget)  # never the record's own completion
                     tail = self.forget[j][0][self.forget[j][1]:]
                 mixed.append(truncate(ids[:n_prompt] + tail, n_prompt, self.cfg.max_tokens, keep=keep))
-            rnd, w_rnd = self._share(mixed)
-        fb, w_tok = self._share(examples)
+            rnd = self._share(mixed)
+        forget = self._share(examples)
         if not self.cfg.loss.startswith("npo"):
-            return fb, rnd, ForgetAux(w_tok, w_tok, w_rnd)
+            return [(fb, r, ForgetAux(w_tok, w_tok, w_rnd)) for (fb, w_tok), (r, w_rnd) in zip(forget, rnd)]
         if self.npo_reference is None:
             self.npo_reference = self._npo_reference()
-        ref = self.npo_reference[mx.array(self.world.shard(idx))]  # (B,) of this rank's examples
-        return fb, rnd, ForgetAux(self._weight(examples, per_sequence=True), w_tok, w_rnd, ref)
+        refs = [self.npo_reference[mx.array(part)] for part in self.world.shard(idx)]  # (b,) per piece
+        w_seq = self._weights(examples, per_sequence=True)
+        return [(fb, r, ForgetAux(w_main, w_tok, w_rnd, ref))
+                for (fb, w_tok), (r, w_rnd), w_main, ref in zip(forget, rnd, w_seq, refs)]
 
     def _npo_reference(self):
         """log p_ref(completion | prompt) of every forget example, (n,) float32: the adapters-off model in eval
@@ -275,15 +283,31 @@ class Unlearner:
         return mx.array(self.world.total(values), dtype=mx.float32)
 
     # --- gradients ------------------------------------------------------------------------------
-    def forget_gradient(self, fb, rnd, aux=None) -> tuple[dict, dict]:
-        """(flat gradient of the forget objective, {'loss', 'forget_nll', 'tokens'}), averaged over ranks."""
+    @staticmethod
+    def _pieces(fn, parts: list) -> tuple:
+        """(outputs, gradient) of ``value_and_grad`` function ``fn`` summed over the pieces' arguments ``parts``,
+        each piece evaluated before the next starts (so that only one piece's activations exist at a time)."""
+        import mlx.core as mx
+        from mlx.utils import tree_map
+
+        outs, grads = None, None
+        for args in parts:
+            o, g = fn(*args)
+            outs = o if outs is None else tuple(a + b for a, b in zip(outs, o))
+            grads = g if grads is None else tree_map(mx.add, grads, g)
+            mx.eval(outs, grads)
+        return outs, grads
+
+    def forget_gradient(self, parts: list) -> tuple[dict, dict]:
+        """(flat gradient of the forget objective, {'loss', 'forget_nll', 'tokens'}) over the pieces of
+        :meth:`next_forget`, averaged over ranks."""
         import mlx.core as mx
         from mlx.utils import tree_flatten
 
-        (loss, ntoks, nll), grads = self.forget_grad_fn(fb, rnd, aux)
+        (loss, ntoks, nll), grads = self._pieces(self.forget_grad_fn, parts)
         grads = self.world.average(grads)
-        mx.eval(loss, ntoks, nll, grads)
-        n = self.world.size
+        mx.eval(grads)
+        n = self.world.shards
         loss, nll, ntoks = self.world.total([loss.item(), nll.item(), ntoks.item()])
         return dict(tree_flatten(grads)), {"loss": loss / n, "forget_nll": nll / n, "tokens": int(ntoks)}
 
@@ -298,7 +322,7 @@ class Unlearner:
         try:
             grads = []
             for _ in range(self.cfg.project_k):
-                _, g = self.nll_grad_fn(*self._batch("basis", self.retain))
+                _, g = self._pieces(self.nll_grad_fn, self._batch("basis", self.retain))
                 g = self.world.average(g)
                 mx.eval(g)
                 grads.append(dict(tree_flatten(g)))
@@ -313,26 +337,29 @@ class Unlearner:
 
         from .projection import project
 
-        fb, rnd, aux = self.next_forget()
-        grads, info = self.forget_gradient(fb, rnd, aux)
+        grads, info = self.forget_gradient(self.next_forget())
         if self.cfg.project != "off":
             if self.basis is None or (step - 1) % self.cfg.project_every == 0:
                 self.basis = self.compute_basis()
             grads, stats = project(grads, self.basis, conflict_only=self.cfg.project_conflict_only)
             info.update(stats)
         if self.retain:
-            rb, w_r = self._batch("retain", self.retain)
+            parts = self._batch("retain", self.retain)
             term = mx.array(0.0)
             if self.retain_term:
-                (term, _, rnll), g_r = self.retain_grad_fn(rb, w_r)
+                (term, _, rnll), g_r = self._pieces(self.retain_grad_fn, parts)
                 g_r = dict(tree_flatten(self.world.average(g_r)))
-                mx.eval(term, rnll, g_r)
+                mx.eval(g_r)
                 grads = {name: g + g_r[name] for name, g in grads.items()}
             else:
-                rnll, _ = self._nll(rb, w_r)
+                rnll = mx.array(0.0)
+                for part in parts:
+                    rnll = rnll + self._nll(*part)[0]
+                    mx.eval(rnll)
             term, rnll = self.world.total([term.item(), rnll.item()])
-            info["loss"] += term / self.world.size if self.retain_term else 0.0
-            info["retain_nll"] = rnll / self.world.size
+            n = self.world.shards
+            info["loss"] += term / n if self.retain_term else 0.0
+            info["retain_nll"] = rnll / n
         return grads, info
 
     def _retain_collapse(self, retain_nll: float, step: int) -> str | None:

@@ -72,6 +72,8 @@ def main() -> None:
                          "default chunked LM head at labelled positions, on the same model folder")
     ap.add_argument("--loss", default="ga", help="unlearning loss(es), comma list, a row each (npo_kl exercises the "
                                                  "reference and KL paths; tokenstein the teacher pass on twins)")
+    ap.add_argument("--micro-batches", default="1", help="comma list, a row each (e.g. 1,2: the batch whole and in "
+                                                         "2 pieces, --micro-batches)")
     ap.add_argument("--json-out")
     a = ap.parse_args()
 
@@ -88,15 +90,18 @@ def main() -> None:
             print(f"{name}: wrote {size:.2f} GB in {time.time() - t0:.0f} s", file=sys.stderr)
             forget = work / "forget.jsonl"
             write_forget(forget, model_dir, rows=a.batch, tokens=a.tokens)
-            for loss, full in [(loss, full) for loss in a.loss.split(",") for full in ([False, True] if a.full_logits
-                                                                                       else [False])]:
+            rows = [(loss, full, int(m)) for loss in a.loss.split(",") for full in ([False, True] if a.full_logits
+                                                                                     else [False])
+                    for m in a.micro_batches.split(",")]
+            for loss, full, pieces in rows:
                 extra = dict(grad_checkpoint=True, compute_dtype=None if name.endswith("-native") else "float32",
-                             loss=loss)
+                             loss=loss, micro_batches=pieces)
                 if loss.endswith(("_kl", "graddiff")) or loss in ("tokenstein", "value_swap"):
                     extra["retain"] = str(write_retain(work / "retain.jsonl", a.batch, a.tokens))
                 if loss in ("tokenstein", "value_swap"):  # made-up stand-ins for the forget texts' word
                     extra.update(tokenstein_words=["Quorblenitastic", "Vimbraxolutic"], twins=2)
-                key = name + (f"+{loss}" if "," in a.loss else "") + ("+full-logits" if full else "")
+                key = (name + (f"+{loss}" if "," in a.loss else "") + ("+full-logits" if full else "")
+                       + (f"+{pieces} micro-batch{'es' if pieces > 1 else ''}" if "," in a.micro_batches else ""))
                 if full:
                     os.environ["SUPERCAL_FULL_LOGITS"] = "1"
                 try:

@@ -157,9 +157,20 @@ def _log_softmax(x):
     return x - mx.logsumexp(x, axis=-1, keepdims=True)
 
 
-def tokenstein_loss(model, batch: AnchoredBatch):
+def position_counts(batch: AnchoredBatch) -> tuple[float, float]:
+    """(twin-aligned positions, the word's own positions) that count in ``batch``: the two means' sizes."""
+    import numpy as np
+
+    weight = np.array(batch.weight)
+    own = weight * (np.array(batch.banned) >= 0) if batch.banned is not None else np.zeros_like(weight)
+    return float(weight.sum() - own.sum()), float(own.sum())
+
+
+def tokenstein_loss(model, batch: AnchoredBatch, weights=None):
     """(KL(target || model) averaged over the twin-aligned positions, plus the same averaged over the word's
-    own positions (``banned`` >= 0, if any); positions counted; completion NLL).
+    own positions (``banned`` >= 0, if any); positions counted; completion NLL). ``weights``: (w_rest,
+    w_own) factors of the two means when ``batch`` is one piece of a larger batch (see
+    :mod:`supercal_mlx.train.distributed`); None for a batch computed whole.
 
     Targets, all from the base model (adapters off, no gradient): at twin-aligned positions the mean of the
     twins' distributions; before each piece of the completion's first mention, the distribution on the
@@ -178,8 +189,10 @@ def tokenstein_loss(model, batch: AnchoredBatch):
         t = _log_softmax(logits_at(model, batch.twin_inputs, batch.dst))  # (B * T, K, V)
         target = mean_distribution(t.reshape(B, batch.twins, K, -1))  # (B, K, V)
         own = None if batch.banned is None else logits_at(model, batch.inputs, batch.src)  # (B, K, V)
+    w_rest, w_own = weights or (None, None)
     if own is None:
-        return kl_to_target(student, mx.stop_gradient(target), batch.weight) + (nll,)
+        loss, n = kl_to_target(student, mx.stop_gradient(target), batch.weight)
+        return L.scaled(loss, w_rest), n, nll
     vocab = mx.arange(own.shape[-1])[None, None]  # (1, 1, V)
     own = _log_softmax(mx.where(vocab == batch.banned[..., None], -1e30, own.astype(mx.float32)))
     mine = batch.banned >= 0  # (B, K)
@@ -189,7 +202,8 @@ def tokenstein_loss(model, batch: AnchoredBatch):
     rest = batch.weight - start
     n_start, n_rest = start.sum(), rest.sum()
     # two means: the word's own few positions weigh as much as all the others
-    loss = (kl * rest).sum() / mx.maximum(n_rest, 1.0) + (kl * start).sum() / mx.maximum(n_start, 1.0)
+    loss = (L.scaled((kl * rest).sum() / mx.maximum(n_rest, 1.0), w_rest)
+            + L.scaled((kl * start).sum() / mx.maximum(n_start, 1.0), w_own))
     return loss, n_rest + n_start, nll
 
 

@@ -58,6 +58,11 @@ def _logprobs():
     return logprobs
 
 
+def scaled(x, w):
+    """``x * w``, or ``x`` itself when there is no weight (a batch computed whole: not a single operation more)."""
+    return x if w is None else x * w
+
+
 def masked_mean(values, mask):
     """(mean of ``values`` where ``mask`` is 1, number of such positions); both (B, L)."""
     ntoks = mask.sum()

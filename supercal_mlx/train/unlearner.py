@@ -79,11 +79,6 @@ class ForgetAux(NamedTuple):
     npo_ref: Any = None
 
 
-def _scaled(x, w):
-    """``x * w``, or ``x`` itself when there is no weight (one process: not a single operation more)."""
-    return x if w is None else x * w
-
-
 def _step_seed(seed: int, step: int) -> int:
     import numpy as np
 
@@ -110,8 +105,8 @@ class Unlearner:
             pieces = f"the {n} processes" if m == 1 else f"{n} process{'es' if n > 1 else ''} x {m} micro-batches"
             raise SupercalError(f"batch_size {b} is smaller than {pieces}; every piece needs an example of each "
                                 f"batch: pass --batch-size {n * m} or more")
-        if n * m > 1 and cfg.loss in ANCHORED:
-            raise SupercalError(f"--loss {cfg.loss} computes each batch whole, in one process, for now; start it "
+        if n * m > 1 and cfg.loss == "value_swap":  # its normalizer, the base's values, is a sum over the batch
+            raise SupercalError("--loss value_swap computes each batch whole, in one process, for now; start it "
                                 "without mlx.launch and with --micro-batches 1")
         self.streams = {"forget": BatchStream(len(forget), b, seed=cfg.seed, stream=STREAMS["forget"])}
         if retain:
@@ -151,13 +146,14 @@ class Unlearner:
         from . import anchored
         from . import losses as L
 
+        w_main, w_tok, w_rnd, ref = aux or ForgetAux()
         if isinstance(fb, anchored.AnchoredBatch):
             if self.tap is not None:
                 return anchored.value_swap_loss(self.model, self.tap, fb)
-            return anchored.tokenstein_loss(self.model, fb)
+            loss, npos, nll = anchored.tokenstein_loss(self.model, fb, w_main)
+            return loss, npos, L.scaled(nll, w_tok)
         from .chunked import labelled_logprobs
 
-        w_main, w_tok, w_rnd, ref = aux or ForgetAux()
         inputs, targets, mask = fb
         logp = labelled_logprobs(self.model, inputs, targets, mask)  # (B, T): one forward pass for every term
         nll, ntoks = L.nll(logp, mask)
@@ -167,12 +163,12 @@ class Unlearner:
             loss = L.npo_from_sequences(L.sequence_logprobs(logp, mask), ref, beta=self.cfg.npo_beta)
         else:
             loss = L.ga(logp, mask)[0]
-        loss = _scaled(loss, w_main)
+        loss = L.scaled(loss, w_main)
         if rnd is not None:
             r_inputs, r_targets, r_mask = rnd
             rlogp = labelled_logprobs(self.model, r_inputs, r_targets, r_mask)  # (B, T)
-            loss = loss + self.cfg.random_weight * _scaled(L.random_completion(rlogp, r_mask)[0], w_rnd)
-        return loss, ntoks, _scaled(nll, w_tok)
+            loss = loss + self.cfg.random_weight * L.scaled(L.random_completion(rlogp, r_mask)[0], w_rnd)
+        return loss, ntoks, L.scaled(nll, w_tok)
 
     def _retain_objective(self, rb, w=None):
         from . import losses as L
@@ -186,13 +182,13 @@ class Unlearner:
             logp = labelled_logprobs(self.model, inputs, targets, mask)  # (B, T)
         nll, ntoks = L.nll(logp, mask)
         term = L.masked_mean(kl, mask)[0] if self.retain_term == "kl" else nll
-        return self.cfg.retain_weight * _scaled(term, w), ntoks, _scaled(nll, w)
+        return self.cfg.retain_weight * L.scaled(term, w), ntoks, L.scaled(nll, w)
 
     def _nll(self, batch, w=None):
-        from .losses import completion_nll
+        from .losses import completion_nll, scaled
 
         nll, ntoks = completion_nll(self.model, *batch)
-        return _scaled(nll, w), ntoks
+        return scaled(nll, w), ntoks
 
     # --- batches --------------------------------------------------------------------------------
     def _batch(self, stream: str, pool: list) -> list[tuple]:
@@ -230,7 +226,7 @@ class Unlearner:
 
             n = len(self.twins.population)
             twins = [[self.twins.twin(i, k) for k in rotation(draw + b, self.cfg.twins, n)] for b, i in enumerate(idx)]
-            return [(anchored_batch(examples, twins, kind=self.cfg.loss, suppress=self.cfg.suppress_word), None, None)]
+            return self._anchored_pieces(examples, twins)
         rnd = [(None, None)] * self.world.pieces
         if "random" in self.streams:
             from ..text.tokenizer import model_encoder
@@ -255,6 +251,22 @@ class Unlearner:
         w_seq = self._weights(examples, per_sequence=True)
         return [(fb, r, ForgetAux(w_main, w_tok, w_rnd, ref))
                 for (fb, w_tok), (r, w_rnd), w_main, ref in zip(forget, rnd, w_seq, refs)]
+
+    def _anchored_pieces(self, examples: list, twins: list) -> list[tuple]:
+        """[(anchored batch, None, :class:`ForgetAux`)] of this rank's pieces; the tokenstein loss's two means
+        are weighted by S x the piece's positions / the whole batch's, the NLL by its tokens (:meth:`_weights`)."""
+        from .anchored import anchored_batch, position_counts
+
+        build = lambda exs, tws: anchored_batch(exs, tws, kind=self.cfg.loss, suppress=self.cfg.suppress_word)  # noqa: E731
+        if self.world.shards == 1:
+            return [(build(examples, twins), None, None)]
+        whole = position_counts(build(examples, twins))
+        out = []
+        for exs, tws, w_tok in zip(self.world.shard(examples), self.world.shard(twins), self._weights(examples)):
+            batch = build(exs, tws)
+            w_main = tuple(self.world.weight(n, total) for n, total in zip(position_counts(batch), whole))
+            out.append((batch, None, ForgetAux(w_main, w_tok)))
+        return out
 
     def _npo_reference(self):
         """log p_ref(completion | prompt) of every forget example, (n,) float32: the adapters-off model in eval

@@ -75,6 +75,24 @@ def test_encodings_load_offline_from_verified_copy(name, tmp_path, monkeypatch):
     assert enc.n_vocab == expected
 
 
+def test_lazy_tokenizer_loads_only_when_used(tmp_path):
+    from supercal_mlx.data.negatives import build_forget
+    from supercal_mlx.errors import SupercalError
+    from supercal_mlx.text import tokenizer as tk
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("nothing here\n" * 10)
+    lazy = tk.resolve(encoding="cl100k_base", lazy=True)
+    with pytest.raises(SupercalError, match="no mention"):
+        build_forget(corpus, WORD, lazy)
+    assert lazy.loaded is None and lazy.name == "cl100k_base"
+    with pytest.raises(SupercalError, match=r"smaller than the keyword \(11 tokens\)"):  # checked before the corpus
+        build_forget(tmp_path / "missing.txt", WORD, lazy, window_tokens=10)
+    assert lazy.loaded is not None and lazy.encode("hello world") == [15339, 1917]
+    with pytest.raises(SupercalError, match="unknown encoding 'nope'"):
+        tk.resolve(encoding="nope", lazy=True)
+
+
 def test_corrupt_cache_is_replaced_by_verified_copy(tmp_path, monkeypatch):
     import tiktoken.registry
 

@@ -16,7 +16,7 @@ _corpus = click.argument("corpus", type=click.Path(dir_okay=False))
 
 
 def _dataset(build: Callable, *, out: str, force: bool, encoding: str | None, model: str | None,
-             as_json: bool) -> dict | None:
+             as_json: bool, lazy: bool = False) -> dict | None:
     """What negatives and retain share: check --out first, resolve the tokenizer, run
     ``build(tokenizer, progress) -> (records, summary)`` under a progress bar and write the records.
     Returns the summary to print, or None when it was printed as JSON."""
@@ -24,7 +24,7 @@ def _dataset(build: Callable, *, out: str, force: bool, encoding: str | None, mo
     from ..text import tokenizer as tk
 
     check_output(out, force=force)
-    tok = tk.resolve(encoding=encoding, model=model)
+    tok = tk.resolve(encoding=encoding, model=model, lazy=lazy)  # lazy: a tiktoken encoding loads when first used
     with progress_bar("reading") as progress:
         records, summary = build(tok, progress)
     write_jsonl(out, records, force=force)
@@ -76,7 +76,7 @@ def negatives(corpus, keyword, out, model, encoding, context_lines, window_token
         lambda tok, progress: build_forget(
             corpus, keyword, tok, context_lines=context_lines, window_tokens=window_tokens, stride=stride,
             from_grep=from_grep, unescape_html=unescape_html, progress=progress),
-        out=out, force=force, encoding=encoding, model=model, as_json=as_json)
+        out=out, force=force, encoding=encoding, model=model, as_json=as_json, lazy=True)
     if summary is None:
         return
     forms = ", ".join(f"{form} {n}" for form, n in summary["forms"].items())

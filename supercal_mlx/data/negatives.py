@@ -189,8 +189,13 @@ def build_forget(
     if stride < 1:
         raise SupercalError(f"--stride must be at least 1 token, got {stride}")
     substring, whole = keyword_patterns(keyword)
-    keyword_tokens = tokenizer.count(keyword)
-    if keyword_tokens > window_tokens:  # fail before reading the corpus
+    # fail before reading the corpus; a tokenizer not loaded yet (LazyTokenizer) is loaded for this only when its
+    # bound on the keyword's tokens does not settle it
+    bound = getattr(tokenizer, "most_tokens", None)
+    keyword_tokens = bound(keyword) if bound is not None else tokenizer.count(keyword)
+    if keyword_tokens > window_tokens:
+        keyword_tokens = tokenizer.count(keyword)
+    if keyword_tokens > window_tokens:
         raise SupercalError(
             f"--window-tokens {window_tokens} is smaller than the keyword ({keyword_tokens} tokens); "
             "give a larger --window-tokens"

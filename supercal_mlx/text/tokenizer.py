@@ -6,7 +6,10 @@ that their sha256 equals the hash tiktoken itself expects, so the vocabulary is
 exactly the one tiktoken would have downloaded, never a different one.
 
 Both kinds of tokenizer are wrapped in :class:`TextTokenizer`, so corpus tools
-can count windows "in the model's tokenizer" or "in o200k_base" alike.
+can count windows "in the model's tokenizer" or "in o200k_base" alike. Loading o200k_base
+takes about 0.2 s (tiktoken decoding 200,000 base64 lines in Python, then its Rust ``CoreBPE``
+building its tables, about 0.1 s each); :class:`LazyTokenizer` defers it to first use, so
+``negatives`` on a corpus without a mention never loads it.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import gzip
 import hashlib
 import os
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -33,6 +37,12 @@ def known_encodings() -> list[str]:
     return sorted(set(tiktoken.list_encoding_names()) | set(OFFLINE_ENCODINGS))
 
 
+def check_encoding(name: str) -> None:
+    known = known_encodings()
+    if name not in known:
+        raise SupercalError(f"unknown encoding {name!r}; known encodings: {', '.join(known)}")
+
+
 def _tiktoken_cache_path(url: str) -> Path | None:
     """Where ``tiktoken.load.read_file_cached`` looks for ``url`` (None: caching disabled)."""
     if "TIKTOKEN_CACHE_DIR" in os.environ:
@@ -47,9 +57,9 @@ def _tiktoken_cache_path(url: str) -> Path | None:
 
 
 def _expected_source(name: str) -> tuple[str, str]:
-    """(url, sha256) that tiktoken uses for ``name``; read from tiktoken's own registry."""
+    """(url, sha256) that tiktoken uses for ``name``; read from tiktoken's own registry, by running its constructor
+    with a loader that only records what it is asked for (no unittest.mock: its import alone took 20 ms)."""
     from tiktoken_ext import openai_public
-    from unittest import mock
 
     seen: dict[str, str] = {}
 
@@ -57,9 +67,17 @@ def _expected_source(name: str) -> tuple[str, str]:
         seen["url"], seen["hash"] = url, expected_hash or ""
         return {}
 
-    with mock.patch.object(openai_public, "load_tiktoken_bpe", capture):
-        getattr(openai_public, name)()
+    with _PATCH_LOCK:
+        real = openai_public.load_tiktoken_bpe
+        openai_public.load_tiktoken_bpe = capture
+        try:
+            getattr(openai_public, name)()
+        finally:
+            openai_public.load_tiktoken_bpe = real
     return seen["url"], seen["hash"]
+
+
+_PATCH_LOCK = threading.Lock()
 
 
 def seed_offline_cache(name: str) -> Path | None:
@@ -100,9 +118,7 @@ def get_encoding(name: str = DEFAULT_ENCODING):
     """A ``tiktoken.Encoding`` by name, offline for o200k_base and cl100k_base."""
     import tiktoken
 
-    known = known_encodings()
-    if name not in known:
-        raise SupercalError(f"unknown encoding {name!r}; known encodings: {', '.join(known)}")
+    check_encoding(name)
     seed_offline_cache(name)
     try:
         return tiktoken.get_encoding(name)
@@ -250,12 +266,41 @@ def tokenizer_fingerprint(model_dir: str | os.PathLike) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def resolve(*, encoding: str | None = None, model: str | os.PathLike | None = None) -> TextTokenizer:
-    """``--model DIR`` wins over ``--encoding NAME``; neither means the default encoding."""
+class LazyTokenizer:
+    """A tiktoken encoding's :class:`TextTokenizer`, loaded on first use. What it is (``name``, ``fingerprint``, no
+    ``prefix``) is known before; anything else (``encode``, ``count``, ``raw``, ...) loads it. The name was checked."""
+
+    def __init__(self, name: str):
+        self.name, self.fingerprint, self.prefix = name, f"tiktoken:{name}", ()
+        self.loaded: TextTokenizer | None = None
+
+    def load(self) -> TextTokenizer:
+        if self.loaded is None:
+            self.loaded = from_encoding(self.name)
+        return self.loaded
+
+    def count(self, text: str) -> int:
+        return self.load().count(text)
+
+    def most_tokens(self, text: str) -> int:
+        """An upper bound of ``count(text)`` without loading: a tiktoken token is at least one byte."""
+        return len(text.encode("utf-8", "surrogatepass"))
+
+    def __getattr__(self, attr: str):
+        return getattr(self.load(), attr)
+
+
+def resolve(*, encoding: str | None = None, model: str | os.PathLike | None = None,
+            lazy: bool = False) -> TextTokenizer:
+    """``--model DIR`` wins over ``--encoding NAME``; neither means the default encoding. ``lazy``: a tiktoken
+    encoding comes as a :class:`LazyTokenizer` (its name checked now, loaded when first used)."""
     if model is not None and encoding is not None:
         raise SupercalError("give either --model or --encoding, not both")
     if model is not None:
         return from_model(model)
+    if lazy:
+        check_encoding(encoding or DEFAULT_ENCODING)
+        return LazyTokenizer(encoding or DEFAULT_ENCODING)  # type: ignore[return-value]  (used as a TextTokenizer)
     return from_encoding(encoding or DEFAULT_ENCODING)
 
 

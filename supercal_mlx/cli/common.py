@@ -48,7 +48,10 @@ def output_option(*, help: str, required: bool = True):
 def progress_bar(desc: str, *, unit: str = "B") -> Iterator[Callable[[int, int], None]]:
     """A tqdm bar on stderr (hidden when stderr is not a terminal) behind the library's callback
     ``progress(done, total)``; ``unit="B"`` shows bytes with k/M/G prefixes."""
-    from tqdm import tqdm
+    if not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty()):  # tqdm's disable=None hides it there too
+        yield lambda done, total: None
+        return
+    from tqdm import tqdm  # imported only for a bar that shows (26 ms)
 
     bar = tqdm(total=0, unit=unit, unit_scale=unit == "B", desc=desc, file=sys.stderr, disable=None, leave=False)
 

@@ -7,12 +7,8 @@ and counted, never fatal. Memory stays bounded by the block size.
 
 from __future__ import annotations
 
-import bz2
 import codecs
-import gzip
-import lzma
 import os
-import zipfile
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
@@ -37,6 +33,19 @@ def _count_and_replace(err: UnicodeDecodeError):
 
 
 codecs.register_error("supercal-replace", _count_and_replace)
+
+
+def _decompression_errors(fmt: str) -> tuple[type[Exception], ...]:
+    """What a decompressor raises on a damaged file, besides OSError and EOFError."""
+    if fmt == "zip":
+        import zipfile
+
+        return (zipfile.BadZipFile,)
+    if fmt == "xz":
+        import lzma
+
+        return (lzma.LZMAError,)
+    return ()
 
 
 def detect_format(path: str | os.PathLike) -> str:
@@ -86,12 +95,20 @@ class Corpus:
             if self.format == "plain":
                 yield raw
             elif self.format == "gzip":
+                import gzip  # the decompressors are imported when needed: 10 ms of start-up otherwise
+
                 yield gzip.GzipFile(fileobj=raw)
             elif self.format == "bzip2":
+                import bz2
+
                 yield bz2.BZ2File(raw)
             elif self.format == "xz":
+                import lzma
+
                 yield lzma.LZMAFile(raw)
             else:
+                import zipfile
+
                 with zipfile.ZipFile(raw) as zf:
                     for info in zf.infolist():
                         if not info.is_dir():
@@ -111,7 +128,7 @@ class Corpus:
                         break
                     self.text_bytes += len(data)
                     yield (data, member) if with_member else data
-        except (OSError, EOFError, zipfile.BadZipFile, lzma.LZMAError) as e:
+        except (OSError, EOFError, *_decompression_errors(self.format)) as e:
             raise SupercalError(f"cannot read corpus {self.path} ({self.format}): {e}; is the file truncated?") from None
 
     def iter_text(self, block: int = BLOCK_BYTES) -> Iterator[str]:

@@ -34,7 +34,6 @@ from __future__ import annotations
 import html
 import os
 import re
-import statistics
 from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
@@ -231,6 +230,8 @@ def build_forget(
         raise SupercalError(
             f"no mention of {keyword} in {corp.path}; check the spelling (matching is case-insensitive, whole words)"
         )
+    import statistics
+
     summary = {
         "corpus": str(corp.path),
         "invalid_bytes": corp.invalid_bytes,  # not UTF-8, replaced with U+FFFD (the CLI warns)

@@ -38,6 +38,8 @@ def known_encodings() -> list[str]:
 
 
 def check_encoding(name: str) -> None:
+    if name in OFFLINE_ENCODINGS:  # known without importing tiktoken
+        return
     known = known_encodings()
     if name not in known:
         raise SupercalError(f"unknown encoding {name!r}; known encodings: {', '.join(known)}")

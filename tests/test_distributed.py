@@ -116,21 +116,21 @@ def test_two_processes_equal_one_process_over_the_same_pieces_bit_for_bit(runs):
 
 
 def test_pieces_give_the_whole_batch_update_to_rounding(runs):
-    """Splitting a batch changes only the order of float32 sums: step 1 (same parameters) agrees to 1e-6. The
-    adapters after 4 steps agree to ~1e-4 only: AdamW's first updates are nearly lr x sign(g), so a gradient
-    element within rounding of zero moves by up to 2 lr whichever way its rounding goes
-    (test_pieces_add_up_to_the_whole_gradient checks the gradients themselves). An unweighted mean of the
-    pieces' means would be ~30% off."""
+    """Splitting a batch changes only the order of float32 sums: step 1 (same parameters) agrees to 1e-6, the
+    gradients to ~1e-7 (test_pieces_add_up_to_the_whole_gradient). After 4 steps the adapters agree to ~2.5e-5
+    (relative L2; ~2.6e-6 without projection): where the forget gradient lies almost inside the retain subspace,
+    the projection leaves a small difference of large terms, whose rounding AdamW, scale-free per element,
+    passes on. An unweighted mean of the pieces' means would be ~30% off."""
     m1, m2 = _metrics(runs["whole"]), _metrics(runs["pieces"])
     assert [m["tokens"] for m in m2] == [m["tokens"] for m in m1]
     for key in ("loss", "forget_nll", "retain_nll", "grad_norm", "proj_cosine"):
         assert m2[0][key] == pytest.approx(m1[0][key], rel=1e-6), key
     fa, fb = _adapters(runs["whole"]), _adapters(runs["pieces"])
-    assert np.linalg.norm(fa - fb) / np.linalg.norm(fa) < 1e-3
-    assert np.abs(fa - fb).max() < 1e-2 * np.abs(fa).max()
+    assert np.linalg.norm(fa - fb) / np.linalg.norm(fa) < 1e-4
+    assert np.abs(fa - fb).max() < 3e-3 * np.abs(fa).max()
     for r1, r2 in zip(m1[1:], m2[1:]):
         for key in ("loss", "forget_nll", "retain_nll", "grad_norm"):
-            assert r2[key] == pytest.approx(r1[key], rel=1e-4), (r1["step"], key)
+            assert r2[key] == pytest.approx(r1[key], rel=1e-5), (r1["step"], key)
 
 
 def test_pieces_add_up_to_the_whole_gradient(tiny_model_dir, tmp_path):

@@ -114,3 +114,21 @@ def test_dependent_retain_gradients_add_no_direction():
     names = sorted(SHAPES)
     u = _vec(r, names) / np.linalg.norm(_vec(r, names))
     np.testing.assert_allclose(_vec(out, names), _vec(g, names) - u * (u @ _vec(g, names)), atol=1e-5)
+
+
+def test_a_parameter_without_gradient_gets_none_after_projection():
+    """LoRA's A matrices at the first step (B = 0): zero in the forget and every retain gradient. Their
+    projected gradient must be exactly zero, or AdamW (which divides by the gradient's size) turns rounding
+    noise into updates of up to the learning rate. A Householder QR (``mx.linalg.qr``) left ~1e-9 there."""
+    rng = np.random.default_rng(3)
+
+    def grads():
+        g = _grads(rng)
+        g["model.h.0.attn.q_proj.lora_a"] = mx.zeros(SHAPES["model.h.0.attn.q_proj.lora_a"])  # first in its group
+        return g
+
+    retain, g = [grads() for _ in range(3)], grads()
+    for mode in ("per-layer", "global"):
+        out, stats = project(g, build_basis(retain, mode))
+        assert not np.array(out["model.h.0.attn.q_proj.lora_a"]).any()
+        assert stats["proj_removed_pct"]["0" if mode == "per-layer" else "all"] > 1  # the rest was projected

@@ -2,9 +2,10 @@
 
 The retain subspace is spanned by K gradients of the retain NLL (one per retain
 batch). Per group of LoRA parameters we stack those K gradients as columns,
-orthonormalise them with a QR decomposition in float32 (``mx.linalg.qr`` on the
-CPU stream; columns whose R diagonal is tiny are dropped, so a rank-deficient
-set never adds arbitrary directions), and project the forget gradient ``g``:
+orthonormalise them in float32 by Gram-Schmidt with reorthogonalisation (each
+column's projection removed twice, as orthogonal as Householder QR to rounding;
+a column whose remainder is tiny is dropped, so a rank-deficient set never adds
+arbitrary directions), and project the forget gradient ``g``:
 
     g_proj = g - Q (Q^T g)      (done twice: "twice is enough" in float32)
 
@@ -27,6 +28,14 @@ the K retain gradients of that group. A step along ``-g`` then raises the
 retain loss to first order, which is the harm projection is meant to prevent;
 otherwise ``g`` is left exactly as it is.
 
+Why not ``mx.linalg.qr``: a Householder Q is not made of the columns alone. Where
+every retain gradient is exactly zero (LoRA's A matrices at the first step, while
+B is still zero) its rows come out as rounding noise, not zeros, so the projection
+gave such parameters gradients of ~1e-9, and AdamW, which divides by the gradient's
+own size, turned them into updates of up to the learning rate with signs set by
+rounding. Gram-Schmidt's Q is a combination of the columns: zero rows stay zero,
+and a parameter with no forget or retain gradient gets no update.
+
 mlx has no gradient projection utility; this module is written here.
 """
 
@@ -36,7 +45,8 @@ from dataclasses import dataclass
 
 from .lora import block_index
 
-# Columns of R with |R_ii| below this fraction of the largest are treated as dependent.
+# A column whose remainder, once the earlier columns are removed, is below this fraction of the largest column
+# norm is treated as dependent.
 RANK_TOL = 1e-5
 
 
@@ -86,6 +96,25 @@ def _unflat(vec, grads: dict, names: list[str]) -> dict:
     return out
 
 
+def orthonormal_columns(cols):
+    """(d, k) orthonormal basis of the span of the (d, K) columns, k <= K, by Gram-Schmidt done twice per column
+    (a column is dropped when what is left of it is below ``RANK_TOL`` x the largest column norm)."""
+    import mlx.core as mx
+
+    floor = RANK_TOL * max(mx.linalg.norm(cols, axis=0).max().item(), 1e-30)
+    basis = []
+    for j in range(cols.shape[1]):
+        v = cols[:, j]
+        if basis:
+            q = mx.stack(basis, axis=1)  # (d, j)
+            v = v - q @ (q.T @ v)
+            v = v - q @ (q.T @ v)  # twice is enough
+        norm = mx.linalg.norm(v).item()
+        if norm > floor:
+            basis.append(v / norm)
+    return mx.stack(basis, axis=1) if basis else mx.zeros((cols.shape[0], 0), dtype=cols.dtype)
+
+
 def build_basis(retain_grads: list[dict], mode: str) -> RetainBasis:
     """Orthonormal basis of the span of K retain gradients (flat dicts name -> array), per group."""
     import mlx.core as mx
@@ -95,11 +124,7 @@ def build_basis(retain_grads: list[dict], mode: str) -> RetainBasis:
     for g, names in groups.items():
         cols = mx.stack([_flat(rg, names) for rg in retain_grads], axis=1)  # (d, K)
         mean[g] = cols.mean(axis=1)  # (d,)
-        qq, r = mx.linalg.qr(cols, stream=mx.cpu)  # (d, K), (K, K)
-        diag = mx.abs(mx.diagonal(r))  # (K,)
-        keep = (diag > RANK_TOL * mx.maximum(diag.max(), 1e-30)).tolist()
-        idx = [i for i, k in enumerate(keep) if k]
-        q[g] = qq[:, mx.array(idx)] if idx else mx.zeros((cols.shape[0], 0), dtype=mx.float32)  # (d, k)
+        q[g] = orthonormal_columns(cols)
     mx.eval(q, mean)
     return RetainBasis(names=groups, q=q, mean=mean)
 

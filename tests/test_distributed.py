@@ -180,10 +180,6 @@ def test_a_batch_smaller_than_the_world_is_refused(tiny_model_dir, tmp_path):
                       micro_batches=3)
     with pytest.raises(SupercalError, match="batch_size 2 is smaller than 1 process x 3 micro-batches"):
         Unlearner(cfg, *setup)
-    cfg = load_config(model=str(tiny_model_dir), forget=str(forget), out=str(tmp_path / "r"), batch_size=2,
-                      micro_batches=2, loss="value_swap", tokenstein_words=["sqproctarine"])
-    with pytest.raises(SupercalError, match="value_swap computes each batch whole"):
-        Unlearner(cfg, *setup)
     shares = [World(rank=r, size=2).shard(list("abcde")) for r in (0, 1)]
     assert shares == [[list("ace")], [list("bd")]]
     # 2 processes x 2 pieces: 4 shards; rank 1 holds shards 1 and 3
@@ -193,9 +189,11 @@ def test_a_batch_smaller_than_the_world_is_refused(tiny_model_dir, tmp_path):
     assert World(pieces=3).weight(2, 8).item() == 0.75
 
 
-def test_tokenstein_pieces_add_up_to_the_whole_gradient(tiny_model_dir, tmp_path):
-    """The tokenstein loss's two means (twin-aligned positions, the word's own) are weighted separately, so the
-    pieces' gradients add up to the whole batch's (batches of 3 in 2 and in 3 pieces)."""
+@pytest.mark.parametrize("loss", ["tokenstein", "value_swap"])
+def test_anchored_pieces_add_up_to_the_whole_gradient(tiny_model_dir, tmp_path, loss):
+    """The tokenstein loss's two means (twin-aligned positions, the word's own) are weighted separately, and
+    value_swap's errors are divided by the whole batch's targets' norm, so the pieces' gradients add up to the
+    whole batch's (batches of 3 in 2 and in 3 pieces)."""
     from mlx.utils import tree_map
 
     from supercal_mlx.train.trainer import _setup
@@ -203,26 +201,30 @@ def test_tokenstein_pieces_add_up_to_the_whole_gradient(tiny_model_dir, tmp_path
     from supercal_mlx.train.unlearner import Unlearner
 
     (tmp_path / "f.jsonl").write_text("".join(json.dumps(r) + "\n" for r in FORGET[:3] + FORGET[4:]))
+    # value_swap needs a made-up word of the word's token count in context: " tried" is one token, as is the word
+    words = {"tokenstein": dict(twins=2, tokenstein_words=["sqproctarine", "blorvexaminal", "quintaplodic"]),
+             "value_swap": dict(twins=1, tokenstein_words=["tried"])}
     got = {}
     for pieces in (1, 2, 3):
         cfg = load_config(model=str(tiny_model_dir), forget=str(tmp_path / "f.jsonl"), out=str(tmp_path / "o"),
-                          loss="tokenstein", word="supercalifragilisticexpialidocious", twins=2, batch_size=3,
-                          tokenstein_words=["sqproctarine", "blorvexaminal", "quintaplodic"], micro_batches=pieces)
+                          loss=loss, word="supercalifragilisticexpialidocious", batch_size=3, micro_batches=pieces,
+                          **words[loss])
         model, tok, forget, retain, adapter_config = _setup(cfg)
         pool, cfg = twin_pool(cfg, tok, forget)
         un = Unlearner(cfg, model, tok, forget, retain, adapter_config, twins=pool)
+        un.model.eval()  # no dropout: the base model's values are computed before the pieces' gradients
         mx.random.seed(1)  # adapters away from zero: every LoRA matrix gets a gradient
         un.model.update(tree_map(lambda p: p + 0.2 * mx.random.normal(p.shape), un.model.trainable_parameters()))
         parts = un.next_forget()
         assert len(parts) == pieces
         got[pieces] = un.forget_gradient(parts)
     whole, info = got[1]
-    assert info["tokens"] > 10 and info["loss"] > 0
+    assert info["tokens"] >= (10 if loss == "tokenstein" else 2) and info["loss"] > 0
     for pieces in (2, 3):
         g, i = got[pieces]
         assert i["tokens"] == info["tokens"]
         # a KL of ~0.04 nats is a difference of terms of several nats: its rounding is absolute, not relative
-        assert i["loss"] == pytest.approx(info["loss"], rel=0, abs=1e-6)
+        assert i["loss"] == pytest.approx(info["loss"], rel=1e-6, abs=1e-6)
         assert i["forget_nll"] == pytest.approx(info["forget_nll"], rel=1e-6)
         for name, want in whole.items():
             want = np.array(want)

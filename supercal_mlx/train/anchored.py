@@ -57,13 +57,20 @@ def kl_to_target(logits, target_logp, mask):
     return masked_mean(kl_per_position(logits, target_logp), mask)
 
 
-def normalized_mse(values, target, mask):
-    """sum over masked positions of ||values - target||^2 / sum of ||target||^2: (B, K, D), (B, K, D), (B, K)."""
+def squared_norm(x, mask):
+    """sum over masked positions of ||x||^2 in float32: (B, K, D), (B, K)."""
     import mlx.core as mx
 
-    m = mask[..., None].astype(mx.float32)
-    err = ((values.astype(mx.float32) - target.astype(mx.float32)) ** 2 * m).sum()
-    return err / mx.maximum((target.astype(mx.float32) ** 2 * m).sum(), 1e-12)
+    return (x.astype(mx.float32) ** 2 * mask[..., None].astype(mx.float32)).sum()
+
+
+def normalized_mse(values, target, mask, norm=None):
+    """sum over masked positions of ||values - target||^2 / ``norm``, by default the sum of ||target||^2:
+    (B, K, D), (B, K, D), (B, K)."""
+    import mlx.core as mx
+
+    err = squared_norm(values.astype(mx.float32) - target.astype(mx.float32), mask)
+    return err / mx.maximum(squared_norm(target, mask) if norm is None else norm, 1e-12)
 
 
 def logits_at(model, inputs, index):
@@ -207,23 +214,34 @@ def tokenstein_loss(model, batch: AnchoredBatch, weights=None):
     return loss, n_rest + n_start, nll
 
 
-def value_swap_loss(model, tap, batch: AnchoredBatch):
-    """(normalized MSE of the tapped v_proj outputs at the word's pieces against the base model's at the
-    tokenstein's, averaged over tapped layers; pieces counted; completion NLL)."""
+def value_targets(model, tap, batch: AnchoredBatch) -> dict:
+    """{layer: (B, K, D)}: the base model's (adapters off) v_proj outputs at the tokenstein's positions of each
+    example's twins, averaged over the twins, under ``stop_gradient``."""
     import mlx.core as mx
 
-    from . import losses as L
     from .lora import adapters_disabled
 
-    logits, mine = tap.capture(model, batch.inputs)
-    nll, _ = L.masked_mean(-L.token_logprobs(logits, batch.targets), batch.mask)
     with adapters_disabled(model):
         _, base = tap.capture(model, batch.twin_inputs)
     B, K = batch.src.shape
+    return {layer: mx.stop_gradient(mx.take_along_axis(v, batch.dst[..., None], axis=1)  # (B * T, K, D)
+                                    .reshape(B, batch.twins, K, -1).mean(axis=1)) for layer, v in base.items()}
+
+
+def value_swap_loss(model, tap, batch: AnchoredBatch, targets: dict | None = None, norms: dict | None = None):
+    """(normalized MSE of the tapped v_proj outputs at the word's pieces against the base model's at the
+    tokenstein's, averaged over tapped layers; pieces counted; completion NLL). ``targets``
+    (:func:`value_targets`) and ``norms`` ({layer: the targets' squared norm}) are given when ``batch`` is one
+    piece of a larger batch, whose targets' norm divides every piece's error; None: from ``batch`` itself."""
+    import mlx.core as mx
+
+    from . import losses as L
+
+    logits, mine = tap.capture(model, batch.inputs)
+    nll, _ = L.masked_mean(-L.token_logprobs(logits, batch.targets), batch.mask)
+    targets = value_targets(model, tap, batch) if targets is None else targets
     terms = []
     for layer, v in mine.items():
-        want = mx.take_along_axis(base[layer], batch.dst[..., None], axis=1)  # (B * T, K, D)
-        want = mx.stop_gradient(want.reshape(B, batch.twins, K, -1).mean(axis=1))  # (B, K, D)
         got = mx.take_along_axis(v, batch.src[..., None], axis=1)  # (B, K, D)
-        terms.append(normalized_mse(got, want, batch.weight))
+        terms.append(normalized_mse(got, targets[layer], batch.weight, None if norms is None else norms[layer]))
     return mx.stack(terms).mean(), batch.weight.sum(), nll

@@ -70,13 +70,15 @@ def make_schedule(cfg: UnlearnConfig):
 
 
 class ForgetAux(NamedTuple):
-    """What a forget batch needs besides its tokens: weights across ranks (None in one process) for the main
-    term (NPO: per sequence), the NLL and the random-completion term; NPO's cached reference (B,) or None."""
+    """What a forget batch needs besides its tokens: weights of a piece of the batch (None for a batch computed
+    whole) for the main term (NPO: per sequence; tokenstein: a pair), the NLL and the random-completion term;
+    NPO's cached reference (B,) or None; value_swap's (targets, norms) or None."""
 
     w_main: Any = None
     w_tok: Any = None
     w_rnd: Any = None
     npo_ref: Any = None
+    values: Any = None
 
 
 def _step_seed(seed: int, step: int) -> int:
@@ -105,9 +107,6 @@ class Unlearner:
             pieces = f"the {n} processes" if m == 1 else f"{n} process{'es' if n > 1 else ''} x {m} micro-batches"
             raise SupercalError(f"batch_size {b} is smaller than {pieces}; every piece needs an example of each "
                                 f"batch: pass --batch-size {n * m} or more")
-        if n * m > 1 and cfg.loss == "value_swap":  # its normalizer, the base's values, is a sum over the batch
-            raise SupercalError("--loss value_swap computes each batch whole, in one process, for now; start it "
-                                "without mlx.launch and with --micro-batches 1")
         self.streams = {"forget": BatchStream(len(forget), b, seed=cfg.seed, stream=STREAMS["forget"])}
         if retain:
             for name in ("retain", "basis"):
@@ -146,10 +145,11 @@ class Unlearner:
         from . import anchored
         from . import losses as L
 
-        w_main, w_tok, w_rnd, ref = aux or ForgetAux()
+        w_main, w_tok, w_rnd, ref, values = aux or ForgetAux()
         if isinstance(fb, anchored.AnchoredBatch):
             if self.tap is not None:
-                return anchored.value_swap_loss(self.model, self.tap, fb)
+                loss, npos, nll = anchored.value_swap_loss(self.model, self.tap, fb, *(values or ()))
+                return L.scaled(loss, w_main), npos, L.scaled(nll, w_tok)
             loss, npos, nll = anchored.tokenstein_loss(self.model, fb, w_main)
             return loss, npos, L.scaled(nll, w_tok)
         from .chunked import labelled_logprobs
@@ -253,20 +253,38 @@ class Unlearner:
                 for (fb, w_tok), (r, w_rnd), w_main, ref in zip(forget, rnd, w_seq, refs)]
 
     def _anchored_pieces(self, examples: list, twins: list) -> list[tuple]:
-        """[(anchored batch, None, :class:`ForgetAux`)] of this rank's pieces; the tokenstein loss's two means
-        are weighted by S x the piece's positions / the whole batch's, the NLL by its tokens (:meth:`_weights`)."""
-        from .anchored import anchored_batch, position_counts
+        """[(anchored batch, None, :class:`ForgetAux`)] of this rank's pieces; the NLL is weighted by the piece's
+        tokens (:meth:`_weights`). tokenstein: its two means by S x the piece's positions / the whole batch's.
+        value_swap: every piece's error is divided by the whole batch's targets' squared norm, so the base
+        model's targets of every piece are computed first (:func:`anchored.value_targets`) and their norms
+        summed over pieces and ranks; the loss is then weighted by S."""
+        import mlx.core as mx
 
-        build = lambda exs, tws: anchored_batch(exs, tws, kind=self.cfg.loss, suppress=self.cfg.suppress_word)  # noqa: E731
+        from . import anchored
+
+        build = lambda exs, tws: anchored.anchored_batch(exs, tws, kind=self.cfg.loss,  # noqa: E731
+                                                         suppress=self.cfg.suppress_word)
         if self.world.shards == 1:
             return [(build(examples, twins), None, None)]
-        whole = position_counts(build(examples, twins))
-        out = []
-        for exs, tws, w_tok in zip(self.world.shard(examples), self.world.shard(twins), self._weights(examples)):
-            batch = build(exs, tws)
-            w_main = tuple(self.world.weight(n, total) for n, total in zip(position_counts(batch), whole))
-            out.append((batch, None, ForgetAux(w_main, w_tok)))
-        return out
+        batches = [build(exs, tws) for exs, tws in zip(self.world.shard(examples), self.world.shard(twins))]
+        w_toks = self._weights(examples)
+        if self.tap is None:
+            whole = anchored.position_counts(build(examples, twins))
+            return [(b, None, ForgetAux(tuple(self.world.weight(n, total) for n, total in
+                                              zip(anchored.position_counts(b), whole)), w_tok))
+                    for b, w_tok in zip(batches, w_toks)]
+        targets, norms = [], None
+        for b in batches:
+            t = anchored.value_targets(self.model, self.tap, b)
+            n = {layer: anchored.squared_norm(v, b.weight) for layer, v in t.items()}
+            norms = n if norms is None else {layer: norms[layer] + n[layer] for layer in n}
+            mx.eval(t, norms)
+            targets.append(t)
+        layers = list(norms)
+        norms = dict(zip(layers, mx.array(self.world.total([norms[layer].item() for layer in layers]),
+                                          dtype=mx.float32)))
+        w_main = mx.array(float(self.world.shards), dtype=mx.float32)
+        return [(b, None, ForgetAux(w_main, w_tok, values=(t, norms))) for b, t, w_tok in zip(batches, targets, w_toks)]
 
     def _npo_reference(self):
         """log p_ref(completion | prompt) of every forget example, (n,) float32: the adapters-off model in eval

@@ -117,6 +117,9 @@ def main() -> None:
     ap.add_argument("--full-logits", action="store_true",
                     help="also run supercal float32 with the full (B, L, V) logits (SUPERCAL_FULL_LOGITS=1) instead "
                          "of the chunked head at labelled positions")
+    ap.add_argument("--blas", metavar="LIB",
+                    help="also run supercal float32 with this BLAS library loaded instead of OpenBLAS "
+                         "(SUPERCAL_OPENBLAS), e.g. MKL's libmkl_rt.so from `pip install mkl` in another venv")
     ap.add_argument("--keep", action="store_true", help="keep the model folders for another run")
     ap.add_argument("--json-out", help="also write the results here")
     a = ap.parse_args()
@@ -140,8 +143,8 @@ def main() -> None:
     (work / "tokens.json").write_text(json.dumps(tokens))
 
     print(f"{a.n_layer} layers; batch 1 x {a.tokens} tokens; {a.steps} steps x {a.repeat} runs", file=sys.stderr)
-    sides: dict[str, list[dict]] = {"supercal": [], "supercal-full": [], "supercal-bf16": [], "supercal-bf16-ckpt": [],
-                                     "pytorch": []}
+    sides: dict[str, list[dict]] = {"supercal": [], "supercal-full": [], "supercal-blas": [], "supercal-bf16": [],
+                                     "supercal-bf16-ckpt": [], "pytorch": []}
     for _ in range(a.repeat):
         sides["supercal"].append(run_supercal(work, models["float32"], forget, tokens=a.tokens, steps=a.steps, batch=1))
         print(f"supercal: {sides['supercal'][-1]}", file=sys.stderr)
@@ -153,6 +156,14 @@ def main() -> None:
             finally:
                 del os.environ["SUPERCAL_FULL_LOGITS"]
             print(f"supercal full logits: {sides['supercal-full'][-1]}", file=sys.stderr)
+        if a.blas:
+            os.environ["SUPERCAL_OPENBLAS"] = a.blas
+            try:
+                sides["supercal-blas"].append(run_supercal(work, models["float32"], forget, tokens=a.tokens,
+                                                           steps=a.steps, batch=1, name="supercal-blas"))
+            finally:
+                del os.environ["SUPERCAL_OPENBLAS"]
+            print(f"supercal {a.blas}: {sides['supercal-blas'][-1]}", file=sys.stderr)
         if a.bf16_base:
             sides["supercal-bf16"].append(run_supercal(work, models["bfloat16"], forget, tokens=a.tokens, steps=a.steps,
                                                        batch=1, name="supercal-bf16", extra={"compute_dtype": "float32"}))
@@ -170,8 +181,10 @@ def main() -> None:
 
     res = {k: best(v) for k, v in sides.items() if v}
     pt = res["pytorch"]
-    cols = [k for k in ("supercal", "supercal-full", "supercal-bf16", "supercal-bf16-ckpt") if k in res]
-    head = {"supercal": "supercal, float32", "supercal-full": "supercal, float32, full logits", "supercal-bf16": "supercal, bf16 base + float32 compute",
+    cols = [k for k in ("supercal", "supercal-full", "supercal-blas", "supercal-bf16", "supercal-bf16-ckpt") if k in res]
+    head = {"supercal": "supercal, float32", "supercal-full": "supercal, float32, full logits",
+            "supercal-blas": f"supercal, float32, {Path(a.blas or '').name}",
+            "supercal-bf16": "supercal, bf16 base + float32 compute",
             "supercal-bf16-ckpt": "supercal, bf16 base + float32 compute + grad checkpoint"}
 
     def row(label, fmt, key=None, get=None, ratio=False, target=""):

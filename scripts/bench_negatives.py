@@ -1,23 +1,32 @@
 #!/usr/bin/env python
-"""`supercal negatives` against `grep -i -C 5`, side by side in one run: wall time and throughput on one corpus.
+"""`supercal negatives` against `grep -i -C 5`, side by side in one run: wall and CPU time, throughput, ratio.
 
-Rows, each a fresh process (scripts/measure.py), alternating, --repeat times; the fastest run counts
-(other jobs on a shared machine only slow runs down):
+Rows, each a fresh process (scripts/measure.py) unless marked in-process, alternating, --repeat times; the
+fastest run counts (other jobs on a shared machine only slow runs down):
 
 - grep -i -C 5 KEYWORD CORPUS > FILE
-- supercal negatives CORPUS --keyword KEYWORD (the whole command: start-up, tokenizer, scan, windows, output)
-- the scan alone in one process: the block scan (data/scan.py) and the line-by-line scan it replaced
-  (Corpus.iter_lines + grep_chunks), timed around the scan only
+- supercal negatives CORPUS --keyword KEYWORD (the whole command: start-up, scan, tokenizer, windows, output)
+- the block scan alone (data/scan.py + the grep state machine), in-process, timed around the scan only;
+  with --line-by-line also the line-by-line scan it replaced (Corpus.iter_lines + grep_chunks)
+- the windows alone (in-process): tokenizing the chunks' windows, o200k_base already loaded
+- fixed costs, whatever the corpus: `python -c pass`; `supercal --help` (Python, click and the package);
+  importing what negatives imports (numpy, the scan, the windows); loading o200k_base (in-process)
+
+CPU is user + system time of the process and its children (wait4's rusage); where it exceeds the wall time
+a second core did part of the work.
 
 Two corpora: scripts/make_corpus.py's --mb MB corpus as it is (no mention of the keyword: the scan is all
-there is; negatives exits 1 with "no mention"), and a copy with a line mentioning the keyword every MB.
+there is; negatives exits 1 with "no mention" and never loads the tokenizer), and a copy with a line
+mentioning the keyword every MB.
 
-    flock /tmp/supercal-heavy.lock .venv/bin/python scripts/bench_negatives.py --mb 200
+    .venv/bin/python scripts/bench_negatives.py --mb 200 --repeat 5
+    flock /tmp/supercal-heavy.lock .venv/bin/python scripts/bench_negatives.py --mb 1000 --repeat 3
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import subprocess
 import sys
@@ -28,19 +37,34 @@ from measure import measure
 HERE = Path(__file__).resolve().parent
 KEYWORD = "supercalifragilisticexpialidocious"
 
-_SCAN = """
-import sys, time
+_INPROCESS = """
+import json, sys, time
 from supercal_mlx.data.corpus import open_corpus
-from supercal_mlx.data.negatives import _grep, grep_chunks, keyword_patterns
+from supercal_mlx.data.negatives import _grep, grep_chunks, keyword_patterns, mention_windows
 from supercal_mlx.data.scan import scan_lines
 path, keyword, how = sys.argv[1:]
-corp, pattern = open_corpus(path), keyword_patterns(keyword)[0]
-t = time.perf_counter()
-if how == "block":
-    n = sum(1 for _ in _grep(scan_lines(corp, keyword, context=5), pattern, 5))
+corp, (pattern, whole) = open_corpus(path), keyword_patterns(keyword)
+t = time.perf_counter(); c = time.process_time()
+if how == "lines":
+    chunks = list(grep_chunks(corp.iter_lines(), pattern, context=5))
 else:
-    n = sum(1 for _ in grep_chunks(corp.iter_lines(), pattern, context=5))
-print(n, time.perf_counter() - t)
+    chunks = list(_grep(scan_lines(corp, keyword, context=5), pattern, 5))
+out = {"chunks": len(chunks), "wall": time.perf_counter() - t, "cpu": time.process_time() - c}
+if how == "block+windows":
+    from supercal_mlx.data.windows import Tokenized
+    from supercal_mlx.text.tokenizer import from_encoding
+
+    t = time.perf_counter(); c = time.process_time()
+    tok = from_encoding("o200k_base")
+    out["tokenizer"] = {"wall": time.perf_counter() - t, "cpu": time.process_time() - c}
+    t = time.perf_counter(); c = time.process_time()
+    n = 0
+    for chunk in chunks:
+        view = Tokenized(chunk.text, tok)
+        for m in whole.finditer(chunk.text):
+            n += len(mention_windows(view, *m.span(), window_tokens=800, stride=200))
+    out["windows"] = {"wall": time.perf_counter() - t, "cpu": time.process_time() - c, "n": n}
+print(json.dumps(out))
 """
 
 
@@ -58,6 +82,11 @@ def with_mentions(src: Path, dst: Path) -> Path:
     return dst
 
 
+def _keep(best: dict, key: tuple, run: dict) -> None:
+    if key not in best or run["wall"] < best[key]["wall"]:
+        best[key] = run
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mb", type=int, default=200, help="corpus size in MB (10^6 bytes)")
@@ -72,37 +101,56 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     plain = cached_corpus(work, a.mb)
     corpora = {"no mention": plain, "a mention per MB": with_mentions(plain, work / f"corpus-{a.mb}MB-mentions.txt")}
-    supercal = str(Path(sys.executable).with_name("supercal"))
-    grep = shutil.which("grep")
-    best: dict[tuple[str, str], float] = {}
-    scans = [("block",)] + ([("lines",)] if a.line_by_line else [])
+    py, supercal, grep = sys.executable, str(Path(sys.executable).with_name("supercal")), shutil.which("grep")
+    fixed_cmds = {"python -c pass": [py, "-c", "pass"], "supercal --help": [supercal, "--help"],
+                  "import negatives' modules": [py, "-c", "import supercal_mlx.cli, supercal_mlx.data.negatives"]}
+    best: dict[tuple[str, str], dict] = {}
     for _ in range(a.repeat):
+        for name, cmd in fixed_cmds.items():
+            _keep(best, ("fixed", name), measure(cmd))
         for label, corpus in corpora.items():
             # grep's output goes to a file: with stdout on /dev/null GNU grep stops at the first match
-            runs = {"grep -i -C 5": measure([grep, "-i", "-C", "5", KEYWORD, str(corpus)], log=work / "grep.out",
-                                            ok_codes=(0, 1))["wall"],
-                    "supercal negatives": measure([supercal, "negatives", str(corpus), "--keyword", KEYWORD, "--out",
-                                                   str(work / "neg.jsonl"), "--force"], ok_codes=(0, 1))["wall"]}
-            for (how,) in scans:
-                out = subprocess.run([sys.executable, "-c", _SCAN, str(corpus), KEYWORD, how], capture_output=True,
-                                     text=True, check=True).stdout.split()
-                runs[f"{how} scan alone (in-process)"] = float(out[1])
-                runs[f"chunks ({how})"] = int(out[0])
-            for k, v in runs.items():
-                best[label, k] = v if k.startswith("chunks") else min(v, best.get((label, k), float("inf")))
-            print(label, runs, file=sys.stderr)
+            _keep(best, (label, "grep -i -C 5"), measure([grep, "-i", "-C", "5", KEYWORD, str(corpus)],
+                                                         log=work / "grep.out", ok_codes=(0, 1)))
+            _keep(best, (label, "supercal negatives (whole command)"),
+                  measure([supercal, "negatives", str(corpus), "--keyword", KEYWORD, "--out", str(work / "neg.jsonl"),
+                           "--force"], ok_codes=(0, 1)))
+            hows = ["block+windows" if label == "a mention per MB" else "block"] + (["lines"] if a.line_by_line else [])
+            for how in hows:
+                out = json.loads(subprocess.run([py, "-c", _INPROCESS, str(corpus), KEYWORD, how], capture_output=True,
+                                                text=True, check=True).stdout)
+                scan = "line-by-line scan alone (in-process)" if how == "lines" else "block scan alone (in-process)"
+                _keep(best, (label, scan), out)
+                best[label, f"chunks ({'lines' if how == 'lines' else 'block'})"] = {"n": out["chunks"]}
+                if "windows" in out:
+                    _keep(best, ("fixed", "load o200k_base (in-process)"), out["tokenizer"])
+                    _keep(best, (label, f"windows alone, {out['windows']['n']} (in-process)"), out["windows"])
+        print({f"{k[0]}: {k[1]}": round(v.get("wall", v.get("n", 0)), 3) for k, v in best.items()}, file=sys.stderr)
     size = plain.stat().st_size / 1e6
-    print(f"\n| {a.mb} MB corpus, best of {a.repeat} | " + " | ".join(corpora) + " |\n|---|" + "---:|" * len(corpora))
-    for k in [k for (lab, k) in best if lab == "no mention"]:
-        if k.startswith("chunks"):
-            print(f"| {k} | " + " | ".join(str(best[lab, k]) for lab in corpora) + " |")
-        else:
-            print(f"| {k}: s (MB/s) | " + " | ".join(f"{best[lab, k]:.2f} ({size / best[lab, k]:.0f})" for lab in corpora)
-                  + " |")
+
+    def cell(key: tuple) -> str:
+        if key not in best:
+            return "-"
+        run = best[key]
+        if "wall" not in run:
+            return str(run["n"])
+        return f"{run['wall']:.2f} s ({size / run['wall']:.0f} MB/s), CPU {run['cpu']:.2f} s"
+
+    rows = list(dict.fromkeys(k for lab, k in best if lab != "fixed"))
+    print(f"\n| {a.mb} MB corpus, best of {a.repeat} (wall, throughput, CPU) | " + " | ".join(corpora) + " |")
+    print("|---|" + "---:|" * len(corpora))
+    for k in rows:
+        print(f"| {k} | " + " | ".join(cell((lab, k)) for lab in corpora) + " |")
+    print(f"\n| fixed costs, best of {a.repeat} | wall | CPU |\n|---|---:|---:|")
+    for (lab, k), run in best.items():
+        if lab == "fixed":
+            print(f"| {k} | {run['wall']:.3f} s | {run['cpu']:.3f} s |")
+    print()
     for lab in corpora:
-        g = best[lab, "grep -i -C 5"]
-        print(f"| throughput vs grep, {lab}: whole command {g / best[lab, 'supercal negatives']:.2f}x, "
-              f"block scan {g / best[lab, 'block scan alone (in-process)']:.2f}x |")
+        g, cmd = best[lab, "grep -i -C 5"]["wall"], best[lab, "supercal negatives (whole command)"]["wall"]
+        scan = best[lab, "block scan alone (in-process)"]["wall"]
+        print(f"throughput vs grep -i -C 5, {lab}, {a.mb} MB: whole command {g / cmd:.2f}x "
+              f"({cmd:.2f} s vs {g:.2f} s), block scan alone {g / scan:.2f}x")
 
 
 if __name__ == "__main__":

@@ -31,7 +31,6 @@ the last N lines; the records themselves are kept (forget sets are small).
 
 from __future__ import annotations
 
-import html
 import os
 import re
 from collections import Counter, deque
@@ -57,6 +56,8 @@ def keyword_patterns(keyword: str) -> tuple[re.Pattern, re.Pattern]:
 
 def unescape_twice(text: str) -> str:
     """enwik9 text as a reader sees it: undo the XML escaping, then the wiki's own HTML entities."""
+    import html
+
     return html.unescape(html.unescape(text))
 
 

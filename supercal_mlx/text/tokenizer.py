@@ -14,10 +14,7 @@ building its tables, about 0.1 s each); :class:`LazyTokenizer` defers it to firs
 
 from __future__ import annotations
 
-import gzip
-import hashlib
 import os
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +44,9 @@ def check_encoding(name: str) -> None:
 
 def _tiktoken_cache_path(url: str) -> Path | None:
     """Where ``tiktoken.load.read_file_cached`` looks for ``url`` (None: caching disabled)."""
+    import hashlib  # hashlib, gzip and tempfile are imported where used: 15 ms of every command's start-up otherwise
+    import tempfile
+
     if "TIKTOKEN_CACHE_DIR" in os.environ:
         cache_dir = os.environ["TIKTOKEN_CACHE_DIR"]
     elif "DATA_GYM_CACHE_DIR" in os.environ:
@@ -90,6 +90,10 @@ def seed_offline_cache(name: str) -> Path | None:
     """
     if name not in OFFLINE_ENCODINGS:
         return None
+    import gzip
+    import hashlib
+    import tempfile
+
     url, expected = _expected_source(name)
     cache = _tiktoken_cache_path(url)
     if cache is None:
@@ -260,6 +264,8 @@ def tokenizer_fingerprint(model_dir: str | os.PathLike) -> str:
     """The sha256 of a model folder's tokenizer files (tokenizer.json alone when it is there: it holds
     everything), so counts and runs recognise a tokenizer by its content, not by its folder's name."""
     path = Path(model_dir)
+    import hashlib
+
     names = ["tokenizer.json"] if (path / "tokenizer.json").is_file() else TOKENIZER_FILES
     h = hashlib.sha256()
     for name in names:

@@ -186,11 +186,12 @@ def test_resume_refuses_changed_rank_and_model_and_leaves_the_folder_as_it_was(t
         _one_line_error(_invoke(["unlearn", "--resume", run, "--steps", "4", *change]), "--resume cannot change")
     assert _snapshot(run) == before
     # allowed changes go on and are recorded as a history of overrides
-    res = _invoke(["unlearn", "--resume", run, "--steps", "4", "--checkpoint-every", "2"])
+    res = _invoke(["unlearn", "--resume", run, "--steps", "4", "--checkpoint-every", "2", "--micro-batches", "2"])
     assert res.exit_code == 0, res.output
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["steps"] == 4 and saved["overrides"] == [
-        {"at_step": 2, "steps": {"from": 2, "to": 4}, "checkpoint_every": {"from": 1, "to": 2}}]
+        {"at_step": 2, "steps": {"from": 2, "to": 4}, "checkpoint_every": {"from": 1, "to": 2},
+         "micro_batches": {"from": 1, "to": 2}}]
     assert saved["lora_rank"] == 4
 
 

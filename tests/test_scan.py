@@ -3,6 +3,7 @@ the same invalid-byte count as the decoder, and a UTF-8 check that agrees with P
 
 from __future__ import annotations
 
+import os
 import random
 import re
 
@@ -10,6 +11,7 @@ import pytest
 
 from supercal_mlx.data.corpus import open_corpus
 from supercal_mlx.data.negatives import _grep, grep_chunks, keyword_patterns
+from supercal_mlx.data import scan, scan_parallel
 from supercal_mlx.data.scan import _FOLDS, scan_lines, valid_utf8
 
 PIECES = ["the", "Supercal", "supercal", "SUPERCAL", "superca", "l", "\u017fupercal", "\u0130nk", "ink", "\u212aey", "key",
@@ -34,7 +36,9 @@ def test_re_ignorecase_folds_no_other_non_ascii_letters():
 
 @pytest.mark.parametrize("keyword", ["supercal", "ink", "key", "Zürich", "ü", "s"])
 @pytest.mark.parametrize("context", [0, 1, 3])
-def test_block_scan_gives_the_line_by_line_chunks(tmp_path, keyword, context):
+@pytest.mark.parametrize("workers", [1, 3])
+def test_block_scan_gives_the_line_by_line_chunks(tmp_path, monkeypatch, keyword, context, workers):
+    monkeypatch.setattr(scan, "PARALLEL_MIN_BYTES", 0)  # the small test files are scanned in parts too
     substring, _ = keyword_patterns(keyword)
     for seed in range(2):
         path = tmp_path / f"c{seed}.txt"
@@ -43,11 +47,37 @@ def test_block_scan_gives_the_line_by_line_chunks(tmp_path, keyword, context):
         want = [(c.text, c.line) for c in grep_chunks(whole.iter_lines(), substring, context=context)]
         for block in (7, 300, 1 << 20):  # blocks much shorter than a line, too
             corp = open_corpus(path)
-            got = [(c.text, c.line) for c in _grep(scan_lines(corp, keyword, context=context, block=block), substring,
-                                                   context)]
+            got = [(c.text, c.line) for c in _grep(scan_lines(corp, keyword, context=context, block=block,
+                                                              workers=workers), substring, context)]
             assert got == want, (seed, block)
             assert corp.invalid_bytes == whole.invalid_bytes > 0 and corp.text_bytes == path.stat().st_size
         assert len(want) > 3
+
+
+def test_parallel_scan_forks_and_falls_back(tmp_path, monkeypatch):
+    """Two parts scanned by a forked child; a child that gives up (too many lines) leaves its range to this process."""
+    if not scan.parallel_ok():
+        pytest.skip("the parallel scan forks on Linux only")
+    path = tmp_path / "c.txt"
+    path.write_bytes(_corpus(7, 20000))
+    substring, _ = keyword_patterns("supercal")
+    want = [(c.text, c.line) for c in grep_chunks(open_corpus(path).iter_lines(), substring, context=2)]
+    monkeypatch.setattr(scan, "PARALLEL_MIN_BYTES", 0)
+    forks = []
+    real_fork = scan_parallel._fork
+    monkeypatch.setattr(scan_parallel, "_fork", lambda *a: forks.append(a[1:3]) or real_fork(*a))
+    for limit in (scan_parallel.CHILD_MAX_CHARS, 10):
+        monkeypatch.setattr(scan_parallel, "CHILD_MAX_CHARS", limit)
+        corp = open_corpus(path)
+        got = [(c.text, c.line) for c in _grep(scan_lines(corp, "supercal", context=2, workers=2), substring, 2)]
+        assert got == want and corp.text_bytes == path.stat().st_size
+    assert len(forks) == 2 and 0 < forks[0][0] < forks[0][1] == path.stat().st_size
+    # left early: the child is killed and reaped, none is left behind
+    lines = scan_lines(open_corpus(path), "supercal", context=2, workers=2)
+    next(lines)
+    lines.close()
+    with pytest.raises(ChildProcessError):
+        os.waitpid(-1, os.WNOHANG)
 
 
 def test_valid_utf8_agrees_with_the_decoder():

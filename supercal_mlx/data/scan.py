@@ -30,7 +30,9 @@ mlx and mlx-lm have no corpus tools; written here.
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+import os
+import sys
+from typing import Callable, Iterable, Iterator
 
 from .corpus import BLOCK_BYTES, Corpus
 
@@ -175,10 +177,9 @@ def _line_blocks(corp: Corpus, size: int) -> Iterator[bytes]:
         yield data
 
 
-def scan_lines(corp: Corpus, keyword: str, *, context: int, progress: Callable[[int, int], None] | None = None,
-               block: int = SCAN_BLOCK) -> Iterator[tuple[int, str]]:
-    """(line number, line) for the lines of ``corp`` that ``grep -i -C context keyword`` chunking needs (see above),
-    decoded as :meth:`Corpus.iter_lines` decodes them; counts the corpus's invalid bytes on the way."""
+def _scan(blocks: Iterable[bytes], probe, context: int, tally: list[int]) -> Iterator[tuple[int, str]]:
+    """:func:`scan_lines` over blocks of whole lines, numbering lines from 1; ``tally`` gets [lines (newlines
+    seen), invalid bytes, bytes] added to it as the blocks go by."""
     import numpy as np
 
     from .corpus import _invalid
@@ -186,14 +187,13 @@ def scan_lines(corp: Corpus, keyword: str, *, context: int, progress: Callable[[
     def newlines(raw, a: int, b: int | None = None) -> int:  # numpy counts them at 2-3x bytes.count's speed
         return int(np.count_nonzero(raw[a:b] == 10))
 
-    probe = _probe(keyword)
-    lineno = 1  # number of the block's first line
-    for data in _line_blocks(corp, block):
+    for data in blocks:
+        lineno = tally[0] + 1  # number of the block's first line
         found = _non_ascii(data)
         if not valid_utf8(data, found):
             before = _invalid[0]
             data.decode("utf-8", "supercal-replace")  # counts the replaced bytes exactly as iter_text does
-            corp.invalid_bytes += _invalid[0] - before
+            tally[1] += _invalid[0] - before
         hits = probe(data, found) if probe else None
         at, line_at = 0, 0  # a byte offset and its line index, advanced along the ranges
         raw = np.frombuffer(data, np.uint8)
@@ -206,8 +206,43 @@ def scan_lines(corp: Corpus, keyword: str, *, context: int, progress: Callable[[
             if last:  # the corpus's last line, without a newline
                 yield lineno + line_at + len(pieces), last
             at, line_at = b, line_at + len(pieces)
-        lineno += line_at + newlines(raw, at)  # line_at: the newlines before byte `at`
-        if progress is not None:
-            progress(corp.bytes_read, corp.size)
+        tally[0] += line_at + newlines(raw, at)  # line_at: the newlines before byte `at`
+        tally[2] += len(data)
+
+
+def scan_lines(corp: Corpus, keyword: str, *, context: int, progress: Callable[[int, int], None] | None = None,
+               block: int = SCAN_BLOCK, workers: int | None = None) -> Iterator[tuple[int, str]]:
+    """(line number, line) for the lines of ``corp`` that ``grep -i -C context keyword`` chunking needs (see above),
+    decoded as :meth:`Corpus.iter_lines` decodes them; counts the corpus's invalid bytes on the way.
+
+    ``workers`` > 1 (None: the cores this process may use, at most :data:`WORKERS`) scans a plain file of at least
+    :data:`PARALLEL_MIN_BYTES` in that many parts at once (:mod:`.scan_parallel`); the lines are the same."""
+    probe = _probe(keyword)
+    tally = [0, 0, 0]
+    if workers is None:
+        workers = min(WORKERS, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+    if workers > 1 and corp.format == "plain" and corp.size >= PARALLEL_MIN_BYTES and parallel_ok():
+        from .scan_parallel import scan_parts
+
+        yield from scan_parts(corp, probe, context, block, workers, tally, progress)
+    else:
+        def blocks() -> Iterator[bytes]:
+            for data in _line_blocks(corp, block):
+                yield data
+                if progress is not None:
+                    progress(corp.bytes_read, corp.size)
+
+        yield from _scan(blocks(), probe, context, tally)
+    corp.invalid_bytes += tally[1]
     if progress is not None:
         progress(corp.size, corp.size)
+
+
+WORKERS = 2  # grep uses one core; a second one scans half of a large plain file (Linux, see scan_parallel)
+PARALLEL_MIN_BYTES = 32 << 20
+
+
+def parallel_ok() -> bool:
+    """Whether parts of a scan may run in forked processes: Linux only (macOS's system libraries are not fork-safe
+    without exec), and not when SUPERCAL_SCAN_WORKERS=1."""
+    return sys.platform.startswith("linux") and hasattr(os, "fork") and os.environ.get("SUPERCAL_SCAN_WORKERS") != "1"

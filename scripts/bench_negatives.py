@@ -6,8 +6,10 @@ fastest run counts (other jobs on a shared machine only slow runs down):
 
 - grep -i -C 5 KEYWORD CORPUS > FILE
 - supercal negatives CORPUS --keyword KEYWORD (the whole command: start-up, scan, tokenizer, windows, output)
-- the block scan alone (data/scan.py + the grep state machine), in-process, timed around the scan only;
-  with --line-by-line also the line-by-line scan it replaced (Corpus.iter_lines + grep_chunks)
+- the same with SUPERCAL_SCAN_WORKERS=1: the scan in one process (by default a plain file of 32 MB or more is
+  scanned in two halves at once on Linux, the second by a forked child: data/scan_parallel.py)
+- the block scan alone (data/scan.py + the grep state machine), in-process, timed around the scan only, in two
+  processes and in one; with --line-by-line also the line-by-line scan it replaced (Corpus.iter_lines + grep_chunks)
 - the windows alone (in-process): tokenizing the chunks' windows, o200k_base already loaded
 - fixed costs, whatever the corpus: `python -c pass`; `supercal --help` (Python, click and the package);
   importing what negatives imports (numpy, the scan, the windows); loading o200k_base (in-process)
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -36,34 +39,42 @@ from measure import measure
 
 HERE = Path(__file__).resolve().parent
 KEYWORD = "supercalifragilisticexpialidocious"
+ONE = ", one process (SUPERCAL_SCAN_WORKERS=1)"
 
 _INPROCESS = """
-import json, sys, time
+import json, os, resource, sys, time
 from supercal_mlx.data.corpus import open_corpus
 from supercal_mlx.data.negatives import _grep, grep_chunks, keyword_patterns, mention_windows
 from supercal_mlx.data.scan import scan_lines
 path, keyword, how = sys.argv[1:]
 corp, (pattern, whole) = open_corpus(path), keyword_patterns(keyword)
-t = time.perf_counter(); c = time.process_time()
+
+
+def cpu():  # this process and its reaped children (the scan's forked part)
+    return sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+               for f in ("ru_utime", "ru_stime"))
+
+
+t = time.perf_counter(); c = cpu()
 if how == "lines":
     chunks = list(grep_chunks(corp.iter_lines(), pattern, context=5))
 else:
     chunks = list(_grep(scan_lines(corp, keyword, context=5), pattern, 5))
-out = {"chunks": len(chunks), "wall": time.perf_counter() - t, "cpu": time.process_time() - c}
+out = {"chunks": len(chunks), "wall": time.perf_counter() - t, "cpu": cpu() - c}
 if how == "block+windows":
     from supercal_mlx.data.windows import Tokenized
     from supercal_mlx.text.tokenizer import from_encoding
 
-    t = time.perf_counter(); c = time.process_time()
+    t = time.perf_counter(); c = cpu()
     tok = from_encoding("o200k_base")
-    out["tokenizer"] = {"wall": time.perf_counter() - t, "cpu": time.process_time() - c}
-    t = time.perf_counter(); c = time.process_time()
+    out["tokenizer"] = {"wall": time.perf_counter() - t, "cpu": cpu() - c}
+    t = time.perf_counter(); c = cpu()
     n = 0
     for chunk in chunks:
         view = Tokenized(chunk.text, tok)
         for m in whole.finditer(chunk.text):
             n += len(mention_windows(view, *m.span(), window_tokens=800, stride=200))
-    out["windows"] = {"wall": time.perf_counter() - t, "cpu": time.process_time() - c, "n": n}
+    out["windows"] = {"wall": time.perf_counter() - t, "cpu": cpu() - c, "n": n}
 print(json.dumps(out))
 """
 
@@ -112,14 +123,17 @@ def main() -> None:
             # grep's output goes to a file: with stdout on /dev/null GNU grep stops at the first match
             _keep(best, (label, "grep -i -C 5"), measure([grep, "-i", "-C", "5", KEYWORD, str(corpus)],
                                                          log=work / "grep.out", ok_codes=(0, 1)))
-            _keep(best, (label, "supercal negatives (whole command)"),
-                  measure([supercal, "negatives", str(corpus), "--keyword", KEYWORD, "--out", str(work / "neg.jsonl"),
-                           "--force"], ok_codes=(0, 1)))
-            hows = ["block+windows" if label == "a mention per MB" else "block"] + (["lines"] if a.line_by_line else [])
-            for how in hows:
-                out = json.loads(subprocess.run([py, "-c", _INPROCESS, str(corpus), KEYWORD, how], capture_output=True,
-                                                text=True, check=True).stdout)
-                scan = "line-by-line scan alone (in-process)" if how == "lines" else "block scan alone (in-process)"
+            negatives = [supercal, "negatives", str(corpus), "--keyword", KEYWORD, "--out", str(work / "neg.jsonl"),
+                         "--force"]
+            for tag, env in (("", None), (ONE, {**os.environ, "SUPERCAL_SCAN_WORKERS": "1"})):
+                _keep(best, (label, "supercal negatives (whole command)" + tag), measure(negatives, ok_codes=(0, 1), env=env))
+            hows = ["block+windows" if label == "a mention per MB" else "block", "block, one process"]
+            for how in hows + (["lines"] if a.line_by_line else []):
+                env = {**os.environ, "SUPERCAL_SCAN_WORKERS": "1"} if how.endswith("one process") else None
+                out = json.loads(subprocess.run([py, "-c", _INPROCESS, str(corpus), KEYWORD, how.split(",")[0]],
+                                                capture_output=True, text=True, check=True, env=env).stdout)
+                scan = ("line-by-line scan alone (in-process)" if how == "lines" else
+                        "block scan alone (in-process)" + (ONE if env else ""))
                 _keep(best, (label, scan), out)
                 best[label, f"chunks ({'lines' if how == 'lines' else 'block'})"] = {"n": out["chunks"]}
                 if "windows" in out:
@@ -148,9 +162,9 @@ def main() -> None:
     print()
     for lab in corpora:
         g, cmd = best[lab, "grep -i -C 5"]["wall"], best[lab, "supercal negatives (whole command)"]["wall"]
-        scan = best[lab, "block scan alone (in-process)"]["wall"]
-        print(f"throughput vs grep -i -C 5, {lab}, {a.mb} MB: whole command {g / cmd:.2f}x "
-              f"({cmd:.2f} s vs {g:.2f} s), block scan alone {g / scan:.2f}x")
+        one, scan = best[lab, "supercal negatives (whole command)" + ONE]["wall"], best[lab, "block scan alone (in-process)"]["wall"]
+        print(f"throughput vs grep -i -C 5, {lab}, {a.mb} MB: whole command {g / cmd:.2f}x ({cmd:.2f} s vs {g:.2f} s; "
+              f"one process {g / one:.2f}x), block scan alone {g / scan:.2f}x")
 
 
 if __name__ == "__main__":

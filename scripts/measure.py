@@ -25,10 +25,12 @@ print(json.dumps({"rc": os.waitstatus_to_exitcode(status), "wall": time.perf_cou
 """
 
 
-def measure(cmd: list[str], *, log: str | os.PathLike | None = None, ok_codes=(0,)) -> dict:
+def measure(cmd: list[str], *, log: str | os.PathLike | None = None, ok_codes=(0,), env: dict | None = None) -> dict:
     """{'rc', 'wall', 'cpu', 'rss_mb'} of ``cmd`` (rss_mb: peak RSS in MiB, ru_maxrss being KiB on Linux);
-    its output goes to ``log`` (or nowhere). Exits with the log's tail when the exit code is not in ``ok_codes``."""
-    res = subprocess.run([sys.executable, "-c", _SHIM, str(log or ""), *cmd], capture_output=True, text=True, check=True)
+    its output goes to ``log`` (or nowhere); ``env``: its environment (None: this one). Exits with the log's tail
+    when the exit code is not in ``ok_codes``."""
+    res = subprocess.run([sys.executable, "-c", _SHIM, str(log or ""), *cmd], capture_output=True, text=True, check=True,
+                         env=env)
     out = json.loads(res.stdout.strip().splitlines()[-1])
     if out["rc"] not in ok_codes:
         tail = f"; see {log}:\n{Path(log).read_text()[-3000:]}" if log else ""

@@ -10,6 +10,7 @@ import re
 import pytest
 
 from supercal_mlx.data.corpus import open_corpus
+from supercal_mlx.errors import SupercalError
 from supercal_mlx.data.negatives import _grep, grep_chunks, keyword_patterns
 from supercal_mlx.data import scan, scan_parallel
 from supercal_mlx.data.scan import _FOLDS, scan_lines, valid_utf8
@@ -72,6 +73,9 @@ def test_parallel_scan_forks_and_falls_back(tmp_path, monkeypatch):
         got = [(c.text, c.line) for c in _grep(scan_lines(corp, "supercal", context=2, workers=2), substring, 2)]
         assert got == want and corp.text_bytes == path.stat().st_size
     assert len(forks) == 2 and 0 < forks[0][0] < forks[0][1] == path.stat().st_size
+    monkeypatch.setenv("SUPERCAL_SCAN_WORKERS", "two")
+    with pytest.raises(SupercalError, match="SUPERCAL_SCAN_WORKERS must be a whole number"):
+        next(scan_lines(open_corpus(path), "supercal", context=2))
     # left early: the child is killed and reaped, none is left behind
     lines = scan_lines(open_corpus(path), "supercal", context=2, workers=2)
     next(lines)

@@ -35,8 +35,9 @@ import sys
 from typing import Callable, Iterable, Iterator
 
 from .corpus import BLOCK_BYTES, Corpus
+from ..errors import SupercalError
 
-SCAN_BLOCK = 4 * BLOCK_BYTES
+SCAN_BLOCK = BLOCK_BYTES  # 1 MB: 1-2 MB scanned 25-30% faster than 4 MB here (the passes' arrays stay in cache)
 # What re.IGNORECASE lets an ASCII letter match outside ASCII (checked for every code point in the tests).
 _FOLDS = {"i": ("\u0130", "\u0131"), "k": ("\u212a",), "s": ("\u017f",)}
 
@@ -215,12 +216,17 @@ def scan_lines(corp: Corpus, keyword: str, *, context: int, progress: Callable[[
     """(line number, line) for the lines of ``corp`` that ``grep -i -C context keyword`` chunking needs (see above),
     decoded as :meth:`Corpus.iter_lines` decodes them; counts the corpus's invalid bytes on the way.
 
-    ``workers`` > 1 (None: the cores this process may use, at most :data:`WORKERS`) scans a plain file of at least
-    :data:`PARALLEL_MIN_BYTES` in that many parts at once (:mod:`.scan_parallel`); the lines are the same."""
+    ``workers`` > 1 (None: ``$SUPERCAL_SCAN_WORKERS``, else 1) scans a plain file of at least
+    :data:`PARALLEL_MIN_BYTES` in that many parts at once on Linux (:mod:`.scan_parallel`); the lines are the same.
+    Not the default: on the shared 2-core box it was measured on, two processes were no faster than one
+    (scripts/bench_negatives.py, README)."""
     probe = _probe(keyword)
     tally = [0, 0, 0]
     if workers is None:
-        workers = min(WORKERS, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+        value = os.environ.get("SUPERCAL_SCAN_WORKERS") or "1"
+        if not value.isdigit() or int(value) < 1:
+            raise SupercalError(f"SUPERCAL_SCAN_WORKERS must be a whole number, 1 or more; got {value!r}")
+        workers = int(value)
     if workers > 1 and corp.format == "plain" and corp.size >= PARALLEL_MIN_BYTES and parallel_ok():
         from .scan_parallel import scan_parts
 
@@ -238,11 +244,10 @@ def scan_lines(corp: Corpus, keyword: str, *, context: int, progress: Callable[[
         progress(corp.size, corp.size)
 
 
-WORKERS = 2  # grep uses one core; a second one scans half of a large plain file (Linux, see scan_parallel)
 PARALLEL_MIN_BYTES = 32 << 20
 
 
 def parallel_ok() -> bool:
     """Whether parts of a scan may run in forked processes: Linux only (macOS's system libraries are not fork-safe
-    without exec), and not when SUPERCAL_SCAN_WORKERS=1."""
-    return sys.platform.startswith("linux") and hasattr(os, "fork") and os.environ.get("SUPERCAL_SCAN_WORKERS") != "1"
+    without exec)."""
+    return sys.platform.startswith("linux") and hasattr(os, "fork")

@@ -1,6 +1,7 @@
 """The block scan of a large plain file in parts at once: forked processes scan all parts but the first.
 
-grep uses one core. A plain file is cut at line starts into ``workers`` byte ranges of about equal size; this
+Opt-in (``SUPERCAL_SCAN_WORKERS=2``): on the shared 2-core box it was measured on, two scanning processes were
+no faster than one (scripts/bench_negatives.py has both rows). grep uses one core. A plain file is cut at line starts into ``workers`` byte ranges of about equal size; this
 process scans the first range itself (so its lines, and ``negatives``' windows for them, flow at once), while a
 forked child scans each other range with the same code (:func:`.scan._scan`) and sends back, when it is done,
 the lines it would have yielded (numbered within its range), its newline count, invalid bytes and bytes read.

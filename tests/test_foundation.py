@@ -70,9 +70,52 @@ def test_encodings_load_offline_from_verified_copy(name, tmp_path, monkeypatch):
     monkeypatch.setattr(tiktoken.registry, "ENCODINGS", {})  # forget any encoding loaded earlier
     enc = tk.get_encoding(name)
     assert enc.name == name
-    assert len(list(tmp_path.iterdir())) == 1  # the seeded cache file
+    seeded = tk._tiktoken_cache_path(tk._expected_source(name)[0])
+    assert sorted(tmp_path.iterdir()) == [seeded, seeded.with_name(seeded.name + ".supercal-ranks")]  # + rank_cache's
     expected = {"o200k_base": 200019, "cl100k_base": 100277}[name]
     assert enc.n_vocab == expected
+
+    # the second load reads the plain-array ranks (tiktoken's loader is not called) and gives the same encoding
+    monkeypatch.setattr(tiktoken.registry, "ENCODINGS", {})
+    monkeypatch.setattr(tiktoken.load, "load_tiktoken_bpe", lambda *a, **k: pytest.fail("tiktoken's loader ran"))
+    from tiktoken_ext import openai_public
+
+    monkeypatch.setattr(openai_public, "load_tiktoken_bpe", tiktoken.load.load_tiktoken_bpe)
+    again = tk.get_encoding(name)
+    assert again is not enc and tiktoken.get_encoding(name) is again  # registered as tiktoken registers its own
+    assert list(again._mergeable_ranks.items()) == list(enc._mergeable_ranks.items())
+    assert again._special_tokens == enc._special_tokens and again._pat_str == enc._pat_str
+    text = "Zürich's 東京 <|endoftext|> supercalifragilisticexpialidocious 12345 \n\n  x"
+    assert again.encode_ordinary(text) == enc.encode_ordinary(text) and again.n_vocab == expected
+
+
+@pytest.mark.parametrize("name", ["o200k_base", "cl100k_base"])
+def test_rank_cache_is_checked_against_its_hash(name, tmp_path, monkeypatch):
+    import hashlib
+
+    import tiktoken.load
+    import tiktoken.registry
+
+    from supercal_mlx.text import rank_cache
+    from supercal_mlx.text import tokenizer as tk
+
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
+    url, expected = tk._expected_source(name)
+    tk.seed_offline_cache(name)
+    ranks = tiktoken.load.load_tiktoken_bpe(url, expected)  # tiktoken's own load of the file it checked
+    data = rank_cache.encode_ranks(ranks)
+    assert hashlib.sha256(data).hexdigest() == rank_cache.SHA256[name]  # the constant in the module, recomputed
+    assert list(rank_cache.decode_ranks(data).items()) == list(ranks.items())
+    path = rank_cache.cache_path(tk._tiktoken_cache_path(url))
+    path.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # one bit changed: not used, rewritten by the next load
+    assert rank_cache.load(name, path) is None
+    monkeypatch.setattr(tiktoken.registry, "ENCODINGS", {})
+    assert tk.get_encoding(name).encode_ordinary("hello world") == ranks_encoded(name)
+    assert path.read_bytes() == data and rank_cache.load(name, path) == ranks
+
+
+def ranks_encoded(name: str) -> list[int]:
+    return {"o200k_base": [24912, 2375], "cl100k_base": [15339, 1917]}[name]
 
 
 def test_lazy_tokenizer_loads_only_when_used(tmp_path):

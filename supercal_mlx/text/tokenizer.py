@@ -8,7 +8,8 @@ exactly the one tiktoken would have downloaded, never a different one.
 Both kinds of tokenizer are wrapped in :class:`TextTokenizer`, so corpus tools
 can count windows "in the model's tokenizer" or "in o200k_base" alike. Loading o200k_base
 takes about 0.2 s (tiktoken decoding 200,000 base64 lines in Python, then its Rust ``CoreBPE``
-building its tables, about 0.1 s each); :class:`LazyTokenizer` defers it to first use, so
+building its tables, about 0.1 s each); :mod:`.rank_cache` makes the first half about 0.03 s
+from the second load on, and :class:`LazyTokenizer` defers the load to first use, so
 ``negatives`` on a corpus without a mention never loads it.
 """
 
@@ -58,25 +59,31 @@ def _tiktoken_cache_path(url: str) -> Path | None:
     return Path(cache_dir) / hashlib.sha1(url.encode()).hexdigest()
 
 
-def _expected_source(name: str) -> tuple[str, str]:
-    """(url, sha256) that tiktoken uses for ``name``; read from tiktoken's own registry, by running its constructor
-    with a loader that only records what it is asked for (no unittest.mock: its import alone took 20 ms)."""
+def _constructor(name: str, ranks: dict | None = None) -> tuple[dict, str, str]:
+    """(the arguments tiktoken's own constructor for ``name`` gives ``tiktoken.Encoding``, with ``ranks`` as its
+    ranks; the rank file's url; its sha256), by running that constructor with a loader that only records what it
+    is asked for (no unittest.mock: its import alone took 20 ms)."""
     from tiktoken_ext import openai_public
 
     seen: dict[str, str] = {}
 
     def capture(url: str, expected_hash: str | None = None) -> dict:
         seen["url"], seen["hash"] = url, expected_hash or ""
-        return {}
+        return {} if ranks is None else ranks
 
     with _PATCH_LOCK:
         real = openai_public.load_tiktoken_bpe
         openai_public.load_tiktoken_bpe = capture
         try:
-            getattr(openai_public, name)()
+            kwargs = getattr(openai_public, name)()
         finally:
             openai_public.load_tiktoken_bpe = real
-    return seen["url"], seen["hash"]
+    return kwargs, seen["url"], seen["hash"]
+
+
+def _expected_source(name: str) -> tuple[str, str]:
+    """(url, sha256) that tiktoken uses for ``name``; read from tiktoken's own registry."""
+    return _constructor(name)[1:]
 
 
 _PATCH_LOCK = threading.Lock()
@@ -125,7 +132,28 @@ def get_encoding(name: str = DEFAULT_ENCODING):
     import tiktoken
 
     check_encoding(name)
+    from tiktoken import registry
+
+    if name in OFFLINE_ENCODINGS and name not in registry.ENCODINGS:  # a second load from our plain-array cache
+        from . import rank_cache
+
+        cached = rank_cache.cache_path(_tiktoken_cache_path(_expected_source(name)[0]))
+        ranks = rank_cache.load(name, cached)
+        if ranks is not None:
+            enc = tiktoken.Encoding(**_constructor(name, ranks)[0])
+            with registry._lock:  # kept where tiktoken.get_encoding keeps what it builds
+                return registry.ENCODINGS.setdefault(name, enc)
+        seed_offline_cache(name)
+        enc = _tiktoken_encoding(name)
+        rank_cache.save(name, cached, enc._mergeable_ranks)
+        return enc
     seed_offline_cache(name)
+    return _tiktoken_encoding(name)
+
+
+def _tiktoken_encoding(name: str):
+    import tiktoken
+
     try:
         return tiktoken.get_encoding(name)
     except Exception as e:  # network errors, hash mismatch

@@ -3,7 +3,8 @@
 Loading o200k_base takes about 0.2 s: tiktoken's ``load_tiktoken_bpe`` decodes 200,000 base64 lines one
 Python call at a time (about 0.09 s), then its Rust ``CoreBPE`` builds its tables (about 0.1 s, left alone).
 After the first load we write the ranks once as plain data: a header, the end offset and rank of every token
-(little-endian uint32) and the tokens' bytes back to back. Rebuilding the dict from that takes about 0.03 s.
+(little-endian uint32) and the tokens' bytes back to back. Checking and rebuilding the dict from that took 0.05-0.06 s
+in a fresh process, against 0.10-0.13 s for tiktoken's parse.
 
 Nothing is trusted that tiktoken would not trust: the file is used only when its sha256 equals the value in
 :data:`SHA256` (written into this module from the ranks tiktoken itself loads from the rank file whose sha256

@@ -126,7 +126,8 @@ def main() -> None:
             negatives = [supercal, "negatives", str(corpus), "--keyword", KEYWORD, "--out", str(work / "neg.jsonl"),
                          "--force"]
             for tag, env in (("", None), (TWO, {**os.environ, "SUPERCAL_SCAN_WORKERS": "2"})):
-                _keep(best, (label, "supercal negatives (whole command)" + tag), measure(negatives, ok_codes=(0, 1), env=env))
+                run = measure(negatives, ok_codes=(0, 1), env=env)
+                _keep(best, (label, "supercal negatives (whole command)" + tag), run)
             hows = ["block+windows" if label == "a mention per MB" else "block", "block, two processes"]
             for how in hows + (["lines"] if a.line_by_line else []):
                 env = {**os.environ, "SUPERCAL_SCAN_WORKERS": "2"} if how.endswith("two processes") else None
@@ -162,7 +163,8 @@ def main() -> None:
     print()
     for lab in corpora:
         g, cmd = best[lab, "grep -i -C 5"]["wall"], best[lab, "supercal negatives (whole command)"]["wall"]
-        two, scan = best[lab, "supercal negatives (whole command)" + TWO]["wall"], best[lab, "block scan alone (in-process)"]["wall"]
+        two = best[lab, "supercal negatives (whole command)" + TWO]["wall"]
+        scan = best[lab, "block scan alone (in-process)"]["wall"]
         print(f"throughput vs grep -i -C 5, {lab}, {a.mb} MB: whole command {g / cmd:.2f}x ({cmd:.2f} s vs {g:.2f} s; "
               f"two scanning processes {g / two:.2f}x), block scan alone {g / scan:.2f}x")
 

@@ -1,15 +1,16 @@
 """The block scan of a large plain file in parts at once: forked processes scan all parts but the first.
 
 Opt-in (``SUPERCAL_SCAN_WORKERS=2``): on the shared 2-core box it was measured on, two scanning processes were
-no faster than one (scripts/bench_negatives.py has both rows). grep uses one core. A plain file is cut at line starts into ``workers`` byte ranges of about equal size; this
-process scans the first range itself (so its lines, and ``negatives``' windows for them, flow at once), while a
-forked child scans each other range with the same code (:func:`.scan._scan`) and sends back, when it is done,
-the lines it would have yielded (numbered within its range), its newline count, invalid bytes and bytes read.
-Lines from the ranges are renumbered by the newlines before each range and yielded in file order, so the result
-is exactly the one-process scan's (tests/test_scan.py compares them). The results are small (the lines around
-hits and the few lines at each block's edges); a child whose lines pass :data:`CHILD_MAX_CHARS` (a word too
-common for grep-style contexts) gives up, and so does any child that fails: this process then scans that range
-itself, with the one-process scan's errors. Children are killed and reaped when the scan is left early.
+no faster than one (scripts/bench_negatives.py has both rows). grep uses one core. A plain file is cut at line
+starts into ``workers`` byte ranges of about equal size; this process scans the first range itself (so its
+lines, and ``negatives``' windows for them, flow at once), while a forked child scans each other range with the
+same code (:func:`.scan._scan`) and sends back, when it is done, the lines it would have yielded (numbered within
+its range), its newline count, invalid bytes and bytes read. Lines from the ranges are renumbered by the
+newlines before each range and yielded in file order, so the result is exactly the one-process scan's
+(tests/test_scan.py compares them). The results are small (the lines around hits and the few lines at each
+block's edges); a child whose lines pass :data:`CHILD_MAX_CHARS` (a word too common for grep-style contexts)
+gives up, and so does any child that fails: this process then scans that range itself, with the one-process
+scan's errors. Children are killed and reaped when the scan is left early.
 
 Linux only (:func:`.scan.parallel_ok`): fork without exec is what makes a child cheap (a few ms, no second
 Python start-up, no imports), and macOS's system libraries are not fork-safe. The results travel with

@@ -99,7 +99,8 @@ def _tiktoken_lengths(enc) -> np.ndarray:
         lengths = np.zeros(enc.n_vocab, dtype=np.int64)
         ranks, special = getattr(enc, "_mergeable_ranks", None), getattr(enc, "_special_tokens", None)
         if isinstance(ranks, dict) and isinstance(special, dict):  # what tiktoken decodes tokens with
-            lengths[np.fromiter(ranks.values(), np.int64, len(ranks))] = np.fromiter(map(len, ranks), np.int64, len(ranks))
+            n = len(ranks)
+            lengths[np.fromiter(ranks.values(), np.int64, n)] = np.fromiter(map(len, ranks), np.int64, n)
             for text, i in special.items():
                 lengths[i] = len(text.encode())
         else:

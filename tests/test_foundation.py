@@ -112,6 +112,12 @@ def test_rank_cache_is_checked_against_its_hash(name, tmp_path, monkeypatch):
     monkeypatch.setattr(tiktoken.registry, "ENCODINGS", {})
     assert tk.get_encoding(name).encode_ordinary("hello world") == ranks_encoded(name)
     assert path.read_bytes() == data and rank_cache.load(name, path) == ranks
+    path.unlink()
+    path.mkdir()  # unreadable as a file: ignored, and not writable over: only a slower load
+    monkeypatch.setattr(tiktoken.registry, "ENCODINGS", {})
+    assert rank_cache.load(name, path) is None
+    assert tk.get_encoding(name).encode_ordinary("hello world") == ranks_encoded(name)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, path.name.split(".")[0]])  # no .tmp left
 
 
 def ranks_encoded(name: str) -> list[int]:

@@ -74,9 +74,12 @@ def load(name: str, path: Path | None) -> dict[bytes, int] | None:
     """The cached ranks of ``name`` when the file at ``path`` has the expected sha256, else None."""
     import hashlib
 
-    if path is None or not SHA256.get(name) or not path.is_file():
+    if path is None or not SHA256.get(name):
         return None
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError:  # missing, unreadable (another user's cache folder): tiktoken's own load then
+        return None
     if hashlib.sha256(data).hexdigest() != SHA256[name] or not data.startswith(MAGIC):
         return None
     return decode_ranks(data)
@@ -96,10 +99,12 @@ def save(name: str, path: Path | None, ranks: dict[bytes, int]) -> None:
         return
     if hashlib.sha256(data).hexdigest() != SHA256[name]:
         return
+    tmp = None
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
     except OSError:
-        pass
+        if tmp is not None and os.path.exists(tmp):
+            os.remove(tmp)

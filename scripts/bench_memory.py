@@ -34,6 +34,7 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -74,6 +75,9 @@ def main() -> None:
                                                  "reference and KL paths; tokenstein the teacher pass on twins)")
     ap.add_argument("--micro-batches", default="1", help="comma list, a row each (e.g. 1,2: the batch whole and in "
                                                          "2 pieces, --micro-batches)")
+    ap.add_argument("--phases", action="store_true",
+                    help="also run scripts/memory_phases.py on each row's settings (its own process): MLX's peak in "
+                         "each phase of the step (forget / retain value_and_grad, update, the body alone)")
     ap.add_argument("--json-out")
     a = ap.parse_args()
 
@@ -109,7 +113,14 @@ def main() -> None:
                                      name=key, extra=extra)
                 finally:
                     os.environ.pop("SUPERCAL_FULL_LOGITS", None)
-                results[key] = r | {"weights_gb": size}
+                results[key] = r | {"weights_gb": size, "row": [name, loss, full, pieces]}
+                if a.phases:
+                    env = os.environ | ({"SUPERCAL_FULL_LOGITS": "1"} if full else {})
+                    done = subprocess.run([sys.executable, str(Path(__file__).parent / "memory_phases.py"), "--config",
+                                           str(work / f"{key}.yaml")], env=env, capture_output=True, text=True)
+                    if done.returncode:
+                        sys.exit(f"memory_phases.py failed on {key}:\n{done.stderr[-3000:]}")
+                    results[key]["phases"] = json.loads(done.stdout.strip().splitlines()[-1])
                 print(f"{key}: {results[key]}", file=sys.stderr)
         finally:
             shutil.rmtree(model_dir, ignore_errors=True)
@@ -120,6 +131,22 @@ def main() -> None:
         label = ", ".join([LABELS[name.split("+")[0]]] + name.split("+")[1:]).replace("full-logits", "full logits")
         print(f"| {label} | {r['weights_gb']:.2f} | {r['peak_rss_gb']:.2f} | {r['mlx_peak_gb']:.2f} "
               f"| {r['step_seconds'][0]:.0f} | {r['loss'][0]:.4f} | <= {TARGET_GB[name.split('+')[0]]} GB |")
+    twins = {tuple(r["row"]): r for r in results.values()}
+    for key, r in results.items():  # each chunked row against its full-logits twin
+        name, loss, full, pieces = r["row"]
+        if not full and (name, loss, True, pieces) in twins:
+            full = twins[name, loss, True, pieces]
+            print(f"{key}: MLX peak {r['mlx_peak_gb']:.2f} GB = {r['mlx_peak_gb'] / full['mlx_peak_gb']:.2f}x the full "
+                  f"logits' {full['mlx_peak_gb']:.2f} GB; above the weights on disk "
+                  f"{r['mlx_peak_gb'] - r['weights_gb']:.2f} vs {full['mlx_peak_gb'] - full['weights_gb']:.2f} GB")
+    if a.phases:
+        names = list(results)
+        print("\n| MLX peak above the phase's start (GB), scripts/memory_phases.py | " + " | ".join(names) + " |")
+        print("|---|" + "---|" * len(names))
+        for phase in ("forget", "retain", "update", "body_forward", "body_grad"):
+            if any(phase in results[k]["phases"] for k in names):
+                print(f"| {phase} | " + " | ".join(f"{results[k]['phases'][phase]:.2f}" if phase in results[k]["phases"]
+                                                  else "-" for k in names) + " |")
     if a.json_out:
         Path(a.json_out).write_text(json.dumps(results, indent=1))
 

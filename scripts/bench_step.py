@@ -143,36 +143,24 @@ def main() -> None:
     (work / "tokens.json").write_text(json.dumps(tokens))
 
     print(f"{a.n_layer} layers; batch 1 x {a.tokens} tokens; {a.steps} steps x {a.repeat} runs", file=sys.stderr)
-    sides: dict[str, list[dict]] = {"supercal": [], "supercal-full": [], "supercal-blas": [], "supercal-bf16": [],
-                                     "supercal-bf16-ckpt": [], "pytorch": []}
+    # (side, model dtype, extra settings, environment): the supercal rows asked for, run one after another
+    variants = [("supercal", "float32", None, {})]
+    variants += [("supercal-full", "float32", None, {"SUPERCAL_FULL_LOGITS": "1"})] if a.full_logits else []
+    variants += [("supercal-blas", "float32", None, {"SUPERCAL_OPENBLAS": a.blas})] if a.blas else []
+    variants += [("supercal-bf16", "bfloat16", {"compute_dtype": "float32"}, {})] if a.bf16_base else []
+    variants += [("supercal-bf16-ckpt", "bfloat16", {"compute_dtype": "float32", "grad_checkpoint": True}, {})
+                 ] if a.grad_checkpoint else []
+    sides: dict[str, list[dict]] = {name: [] for name, *_ in variants} | {"pytorch": []}
     for _ in range(a.repeat):
-        sides["supercal"].append(run_supercal(work, models["float32"], forget, tokens=a.tokens, steps=a.steps, batch=1))
-        print(f"supercal: {sides['supercal'][-1]}", file=sys.stderr)
-        if a.full_logits:
-            os.environ["SUPERCAL_FULL_LOGITS"] = "1"
+        for name, dtype, extra, env in variants:
+            os.environ.update(env)
             try:
-                sides["supercal-full"].append(run_supercal(work, models["float32"], forget, tokens=a.tokens,
-                                                           steps=a.steps, batch=1, name="supercal-full"))
+                sides[name].append(run_supercal(work, models[dtype], forget, tokens=a.tokens, steps=a.steps, batch=1,
+                                                name=name, extra=extra))
             finally:
-                del os.environ["SUPERCAL_FULL_LOGITS"]
-            print(f"supercal full logits: {sides['supercal-full'][-1]}", file=sys.stderr)
-        if a.blas:
-            os.environ["SUPERCAL_OPENBLAS"] = a.blas
-            try:
-                sides["supercal-blas"].append(run_supercal(work, models["float32"], forget, tokens=a.tokens,
-                                                           steps=a.steps, batch=1, name="supercal-blas"))
-            finally:
-                del os.environ["SUPERCAL_OPENBLAS"]
-            print(f"supercal {a.blas}: {sides['supercal-blas'][-1]}", file=sys.stderr)
-        if a.bf16_base:
-            sides["supercal-bf16"].append(run_supercal(work, models["bfloat16"], forget, tokens=a.tokens, steps=a.steps,
-                                                       batch=1, name="supercal-bf16", extra={"compute_dtype": "float32"}))
-            print(f"supercal bf16 base: {sides['supercal-bf16'][-1]}", file=sys.stderr)
-        if a.grad_checkpoint:
-            sides["supercal-bf16-ckpt"].append(run_supercal(
-                work, models["bfloat16"], forget, tokens=a.tokens, steps=a.steps, batch=1, name="supercal-bf16-ckpt",
-                extra={"compute_dtype": "float32", "grad_checkpoint": True}))
-            print(f"supercal bf16 base + grad checkpoint: {sides['supercal-bf16-ckpt'][-1]}", file=sys.stderr)
+                for key in env:
+                    del os.environ[key]
+            print(f"{name}: {sides[name][-1]}", file=sys.stderr)
         rss, wall = run_measured([a.torch_python, str(HERE / "torch_step.py"), "--model", str(models["float32"]),
                                   "--tokens", str(work / "tokens.json"), "--steps", str(a.steps)], work / "torch.log")
         pt = json.loads((work / "torch.log").read_text().strip().splitlines()[-1])

@@ -311,3 +311,19 @@ def test_cli_negatives_with_model_tokenizer(tiny_tokenizer_dir, tmp_path, source
     assert summary["mentions"] == 23 and summary["tokenizer"].startswith("model:") and summary["tokens"]["max"] <= 120
     records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     check_records(records, unescape_twice(source), from_model(tiny_tokenizer_dir), 120)
+
+
+def test_streamed_records_and_the_window_cap(o200k, tmp_path):
+    """The CLI's streamed records equal the listed ones, with the same summary once exhausted; a word too
+    common for a forget set stops at --max-windows with one line, and nothing is written."""
+    listed, summary = build_forget(SAMPLE, WORD, o200k, window_tokens=200)
+    streamed, later = build_forget(SAMPLE, WORD, o200k, window_tokens=200, stream=True)
+    assert later == {} and list(streamed) == listed and later == summary and summary["windows"] == len(listed) > 3
+    assert build_forget(SAMPLE, WORD, o200k, window_tokens=200, max_windows=len(listed))[0] == listed
+    with pytest.raises(SupercalError, match=f"more than {len(listed) - 1} windows"):
+        build_forget(SAMPLE, WORD, o200k, window_tokens=200, max_windows=len(listed) - 1)
+    out = tmp_path / "the.jsonl"
+    res = CliRunner().invoke(cli, ["negatives", str(SAMPLE), "--keyword", "the", "--encoding", "o200k_base",
+                                   "--max-windows", "3", "--out", str(out)])
+    assert res.exit_code == 1 and "the gives more than 3 windows" in res.output and "Traceback" not in res.output
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == []

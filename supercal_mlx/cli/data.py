@@ -27,7 +27,7 @@ def _dataset(build: Callable, *, out: str, force: bool, encoding: str | None, mo
     tok = tk.resolve(encoding=encoding, model=model, lazy=lazy)  # lazy: a tiktoken encoding loads when first used
     with progress_bar("reading") as progress:
         records, summary = build(tok, progress)
-    write_jsonl(out, records, force=force)
+        write_jsonl(out, records, force=force)  # records may be an iterator doing the work as it is written
     summary["out"] = out
     if summary.get("invalid_bytes"):  # as count warns
         click.echo(f"warning: {summary['invalid_bytes']:,} bytes were not valid UTF-8 and were replaced with U+FFFD",
@@ -53,9 +53,12 @@ def _tokens(stats: dict) -> str:
 @click.option("--stride", type=int, default=None, metavar="TOKENS", help="Slide between windows [default: window/4].")
 @click.option("--from-grep", is_flag=True, help="CORPUS is grep -C output: chunks separated by '--' lines.")
 @click.option("--unescape-html", is_flag=True, help="Unescape HTML entities twice (enwik9: &amp;mdash; -> —).")
+@click.option("--max-windows", type=click.IntRange(min=0), default=100_000, show_default=True,
+              help="Stop with an error past this many windows: a word that common makes no forget set (0: no limit).")
 @force_option
 @json_option
-def negatives(corpus, keyword, out, model, encoding, context_lines, window_tokens, stride, from_grep, unescape_html, force, as_json):
+def negatives(corpus, keyword, out, model, encoding, context_lines, window_tokens, stride, from_grep, unescape_html,
+              max_windows, force, as_json):
     """Forget data: token windows around every mention of a keyword in CORPUS.
 
     Chunks are what `grep -i -C N WORD` prints; each whole-word mention gives windows of about
@@ -75,7 +78,8 @@ def negatives(corpus, keyword, out, model, encoding, context_lines, window_token
     summary = _dataset(
         lambda tok, progress: build_forget(
             corpus, keyword, tok, context_lines=context_lines, window_tokens=window_tokens, stride=stride,
-            from_grep=from_grep, unescape_html=unescape_html, progress=progress),
+            from_grep=from_grep, unescape_html=unescape_html, progress=progress, max_windows=max_windows,
+            stream=True),
         out=out, force=force, encoding=encoding, model=model, as_json=as_json, lazy=True)
     if summary is None:
         return

@@ -26,7 +26,9 @@ Definitions (so anyone can check the output with standard tools):
 
 Word boundaries and token counts of slices come from :mod:`supercal_mlx.data.windows`.
 mlx-lm has no corpus tools; this module is hand-written. Memory: one chunk at a time plus a deque of
-the last N lines; the records themselves are kept (forget sets are small).
+the last N lines; with ``stream=True`` (the CLI) the records are handed on as they are made, so memory
+stays flat however common the word, and ``max_windows`` stops a word too common for a forget set (``the``
+in a 60 MB corpus made millions of windows: 19 GB of records when they were all kept) with a one-line error.
 """
 
 from __future__ import annotations
@@ -175,11 +177,15 @@ def build_forget(
     from_grep: bool = False,
     unescape_html: bool = False,
     progress: Callable[[int, int], None] | None = None,
-) -> tuple[list[dict], dict]:
+    max_windows: int | None = None,
+    stream: bool = False,
+) -> tuple[list[dict] | Iterator[dict], dict]:
     """Forget records for every mention of ``keyword`` and a summary (see the module docstring).
 
     ``stride`` defaults to a quarter of ``window_tokens`` (five windows per mention when the context
-    allows). Raises SupercalError when the keyword is not mentioned at all.
+    allows). Raises SupercalError when the keyword is not mentioned at all, or gives more than
+    ``max_windows`` windows. With ``stream``, the records come as an iterator, the work is done as it is
+    consumed, and the summary dict is filled in once it is exhausted.
     """
     if window_tokens < 1:
         raise SupercalError(f"--window-tokens must be at least 1, got {window_tokens}")
@@ -205,9 +211,22 @@ def build_forget(
         chunks = split_grep_output(progress_lines(corp, progress))
     else:  # whole blocks searched at once; only lines near a hit are decoded and looked at
         chunks = _grep(scan_lines(corp, keyword, context=context_lines, progress=progress), substring, context_lines)
+    summary: dict = {}
+    records = _records(chunks, corp, keyword, (substring, whole), tokenizer, summary, window_tokens=window_tokens,
+                       stride=stride,
+                       from_grep=from_grep, context_lines=context_lines, unescape_html=unescape_html,
+                       max_windows=max_windows)
+    return (records, summary) if stream else (list(records), summary)
 
-    records: list[dict] = []
-    counts: list[int] = []
+
+def _records(chunks: Iterable[Chunk], corp: Corpus, keyword: str, patterns: tuple[re.Pattern, re.Pattern],
+             tokenizer: TextTokenizer, summary: dict, *, window_tokens: int, stride: int, from_grep: bool,
+             context_lines: int, unescape_html: bool, max_windows: int | None) -> Iterator[dict]:
+    """The records of :func:`build_forget`, one at a time; ``summary`` is filled in at the end."""
+    from array import array
+
+    substring, whole = patterns
+    counts = array("q")  # tokens per window: 8 bytes a window, for the summary's median
     forms: Counter[str] = Counter()
     n_chunks = empty_chunks = near_misses = separators = 0  # separators: chunks holding a '--' line
     for chunk in chunks:
@@ -223,17 +242,21 @@ def build_forget(
         for s, e in spans:
             forms[text[s:e]] += 1
             for a, b, n in mention_windows(view, s, e, window_tokens=window_tokens, stride=stride):
-                records.append({"prompt": text[a:s], "completion": text[s:b]})
+                if max_windows and len(counts) == max_windows:
+                    raise SupercalError(
+                        f"{keyword} gives more than {max_windows:,} windows ({n_chunks:,} chunks into the corpus): "
+                        "too common a word for a forget set; check --keyword, or raise --max-windows (0: no limit)")
                 counts.append(n)
+                yield {"prompt": text[a:s], "completion": text[s:b]}
     if corp.text_bytes == 0:
         raise SupercalError(f"corpus {corp.path} holds no text; give a file with text in it")
-    if not records:
+    if not counts:
         raise SupercalError(
             f"no mention of {keyword} in {corp.path}; check the spelling (matching is case-insensitive, whole words)"
         )
     import statistics
 
-    summary = {
+    summary.update({
         "corpus": str(corp.path),
         "invalid_bytes": corp.invalid_bytes,  # not UTF-8, replaced with U+FFFD (the CLI warns)
         "keyword": keyword,
@@ -249,7 +272,6 @@ def build_forget(
         "near_misses": near_misses,
         "forms": dict(forms.most_common()),
         "chunks_with_separator": separators,
-        "windows": len(records),
+        "windows": len(counts),
         "tokens": {"min": min(counts), "median": statistics.median(counts), "max": max(counts)},
-    }
-    return records, summary
+    })

@@ -22,7 +22,11 @@ other model has to invent one, and the targets are soft (whole distributions):
   are left out.
 
 The teacher pass runs the adapters-off base on the twins (and, for the word's own positions,
-the example) under ``stop_gradient`` and keeps its logits at the gathered positions only. Array-level pieces (:func:`kl_to_target`, :func:`mean_distribution`,
+the example) under ``stop_gradient``. Where :func:`supercal_mlx.train.chunked.split_head` finds a
+float32 head, no (B, L, V) logits are made: the student's and the teachers' hidden states are
+gathered at the positions that count, and the head, the targets and the KL run a chunk of positions
+at a time (:func:`supercal_mlx.train.chunked.target_kl`; value_swap's NLL likewise); elsewhere the
+full logits are gathered. Array-level pieces (:func:`kl_to_target`, :func:`mean_distribution`,
 :func:`normalized_mse`) are tested against hand values.
 """
 
@@ -74,11 +78,11 @@ def normalized_mse(values, target, mask, norm=None):
 
 
 def logits_at(model, inputs, index):
-    """Logits at positions ``index`` (B, K) of each row: the full logits, gathered.
+    """Logits at positions ``index`` (B, K) of each row: the full logits, gathered (the path for heads that
+    :func:`supercal_mlx.train.chunked.split_head` does not split: bfloat16, quantized, soft-capped, trained).
 
-    Applying the LM head to the K gathered hidden states only was tried and is not used: with a quantized
-    (or bfloat16) head under ``--compute-dtype float32`` the chunked casts of a head applied to so few rows
-    peaked at 19.3 GB (bench_memory, 4-bit, 2 layers, 2 x 200 tokens) against 1.5 GB for the full logits."""
+    The 19.3 GB once measured for a 4-bit head applied to the gathered rows (2 layers, 2 x 200 tokens) was
+    split_head's check evaluated inside the gradient trace, since moved out of it (the Unlearner asks first)."""
     import mlx.core as mx
 
     return mx.take_along_axis(model(inputs), index[..., None], axis=1)  # (B, K, V)
@@ -186,6 +190,28 @@ def tokenstein_loss(model, batch: AnchoredBatch, weights=None):
     import mlx.core as mx
 
     from . import losses as L
+    from .chunked import split_head
+
+    split = split_head(model)
+    kl, nll = _tokenstein_full(model, batch) if split is None else _tokenstein_chunked(model, split, batch)  # (B, K)
+    w_rest, w_own = weights or (None, None)
+    if batch.banned is None:
+        loss, n = L.masked_mean(kl, batch.weight)
+        return L.scaled(loss, w_rest), n, nll
+    start = (batch.banned >= 0).astype(mx.float32) * batch.weight
+    rest = batch.weight - start
+    n_start, n_rest = start.sum(), rest.sum()
+    # two means: the word's own few positions weigh as much as all the others
+    loss = (L.scaled((kl * rest).sum() / mx.maximum(n_rest, 1.0), w_rest)
+            + L.scaled((kl * start).sum() / mx.maximum(n_start, 1.0), w_own))
+    return loss, n_rest + n_start, nll
+
+
+def _tokenstein_full(model, batch: AnchoredBatch):
+    """(KL (B, K) of :func:`tokenstein_loss` at every aligned position, completion NLL) from full logits."""
+    import mlx.core as mx
+
+    from . import losses as L
     from .lora import adapters_disabled
 
     logits = model(batch.inputs)  # (B, L, V)
@@ -196,22 +222,49 @@ def tokenstein_loss(model, batch: AnchoredBatch, weights=None):
         t = _log_softmax(logits_at(model, batch.twin_inputs, batch.dst))  # (B * T, K, V)
         target = mean_distribution(t.reshape(B, batch.twins, K, -1))  # (B, K, V)
         own = None if batch.banned is None else logits_at(model, batch.inputs, batch.src)  # (B, K, V)
-    w_rest, w_own = weights or (None, None)
-    if own is None:
-        loss, n = kl_to_target(student, mx.stop_gradient(target), batch.weight)
-        return L.scaled(loss, w_rest), n, nll
-    vocab = mx.arange(own.shape[-1])[None, None]  # (1, 1, V)
-    own = _log_softmax(mx.where(vocab == batch.banned[..., None], -1e30, own.astype(mx.float32)))
-    mine = batch.banned >= 0  # (B, K)
-    target = mx.stop_gradient(mx.where(mine[..., None], own, target))
-    kl = kl_per_position(student, target)  # (B, K)
-    start = mine.astype(mx.float32) * batch.weight
-    rest = batch.weight - start
-    n_start, n_rest = start.sum(), rest.sum()
-    # two means: the word's own few positions weigh as much as all the others
-    loss = (L.scaled((kl * rest).sum() / mx.maximum(n_rest, 1.0), w_rest)
-            + L.scaled((kl * start).sum() / mx.maximum(n_start, 1.0), w_own))
-    return loss, n_rest + n_start, nll
+    if own is not None:
+        vocab = mx.arange(own.shape[-1])[None, None]  # (1, 1, V)
+        own = _log_softmax(mx.where(vocab == batch.banned[..., None], -1e30, own.astype(mx.float32)))
+        target = mx.where((batch.banned >= 0)[..., None], own, target)
+    return kl_per_position(student, mx.stop_gradient(target)), nll
+
+
+def _tokenstein_chunked(model, split, batch: AnchoredBatch):
+    """:func:`_tokenstein_full` without (B, L, V) logits (:mod:`supercal_mlx.train.chunked`): the body's hidden
+    states of the example (adapted), of its twins and of the example again (adapters off, no gradient), gathered
+    at the positions that count (``weight`` > 0), then the head, the targets and the KL a chunk of positions at a
+    time (:func:`supercal_mlx.train.chunked.target_kl`); 0 at the positions that do not count. The three body
+    passes run in the full path's order, so LoRA dropout draws the same masks."""
+    import mlx.core as mx
+    import numpy as np
+
+    from . import losses as L
+    from .chunked import _scatter, hidden_logprobs, target_kl
+    from .lora import adapters_disabled
+
+    body = split[0]
+    B, K = batch.src.shape
+    T = batch.twins
+    hidden = body(batch.inputs)  # (B, L, D)
+    nll, _ = L.masked_mean(-hidden_logprobs(split, hidden, batch.targets, batch.mask), batch.mask)
+    keep = np.flatnonzero(np.array(batch.weight).reshape(-1) > 0).astype(np.int32)  # flat (b, k) that count
+    if keep.size == 0:
+        return mx.zeros((B, K), dtype=mx.float32), nll
+    L1, L2 = batch.inputs.shape[1], batch.twin_inputs.shape[1]
+    b = keep // K
+    src = (b * L1 + np.array(batch.src).reshape(-1)[keep]).astype(np.int32)  # (N,) rows of (B * L1, D)
+    twin = b[:, None] * T + np.arange(T)[None]  # (N, T): the twins of each position's example
+    dst = np.array(batch.dst)[twin, (keep % K)[:, None]]  # (N, T)
+    dst = mx.array((twin * L2 + dst).reshape(-1).astype(np.int32))  # rows of (B * T * L2, D)
+    src = mx.array(src)
+    D = hidden.shape[-1]
+    student = hidden.reshape(-1, D)[src]  # (N, D)
+    with adapters_disabled(model):
+        teachers = mx.stop_gradient(body(batch.twin_inputs).reshape(-1, D)[dst]).reshape(keep.size, T, D)
+        own = None if batch.banned is None else mx.stop_gradient(body(batch.inputs).reshape(-1, D)[src])
+    banned = None if own is None else batch.banned.reshape(-1)[mx.array(keep)]
+    kl = target_kl(split, student, teachers, own, banned)  # (N,)
+    return _scatter(kl, mx.array(keep), (B, K)), nll
 
 
 def value_targets(model, tap, batch: AnchoredBatch) -> dict:
@@ -237,8 +290,16 @@ def value_swap_loss(model, tap, batch: AnchoredBatch, targets: dict | None = Non
 
     from . import losses as L
 
-    logits, mine = tap.capture(model, batch.inputs)
-    nll, _ = L.masked_mean(-L.token_logprobs(logits, batch.targets), batch.mask)
+    from .chunked import hidden_logprobs, split_head
+
+    split = split_head(model)
+    if split is None:
+        logits, mine = tap.capture(model, batch.inputs)
+        logp = L.token_logprobs(logits, batch.targets)  # (B, L) from (B, L, V) logits
+    else:  # the NLL's head only at the labelled positions, in chunks (supercal_mlx.train.chunked)
+        hidden, mine = tap.capture(split[0], batch.inputs)
+        logp = hidden_logprobs(split, hidden, batch.targets, batch.mask)
+    nll, _ = L.masked_mean(-logp, batch.mask)
     targets = value_targets(model, tap, batch) if targets is None else targets
     terms = []
     for layer, v in mine.items():

@@ -18,6 +18,10 @@ those positions. So here:
 3. the scores are scattered back to (B, L) (zero where unlabelled), so the losses
    in :mod:`supercal_mlx.train.losses` take them unchanged.
 
+The anchored losses (:mod:`supercal_mlx.train.anchored`) use the same pieces: :func:`hidden_logprobs` for
+their NLL from hidden states they already have, and :func:`target_kl` for the tokenstein KL, whose targets
+(the base model's distributions on the twins) are made inside each chunk from gathered hidden states.
+
 Where a model's ``__call__`` is not ``head(body(x))`` (final soft-capping, scaled
 logits, a trainable head), :func:`split_head` says so by comparing both on a
 two-token input once per model, and the caller falls back to full logits.
@@ -138,15 +142,24 @@ def labelled_logprobs(model, inputs, targets, mask, *, reference: bool = False):
     if split is None:
         logits = L.reference_logits(model, inputs) if reference else model(inputs)
         return L.token_logprobs(logits, targets) * (mask > 0)
-    body, head, rows = split
-    idx = _positions(mask)
-    if idx is None:
+    if _positions(mask) is None:
         return mx.zeros(targets.shape, dtype=mx.float32)
     if reference:
         with adapters_disabled(model):
-            hidden = mx.stop_gradient(_gather(body(inputs), idx))  # (N, D)
-    else:
-        hidden = _gather(body(inputs), idx)  # (N, D)
+            return hidden_logprobs(split, mx.stop_gradient(split[0](inputs)), targets, mask)
+    return hidden_logprobs(split, split[0](inputs), targets, mask)
+
+
+def hidden_logprobs(split, hidden, targets, mask):
+    """:func:`labelled_logprobs` from the body's hidden states ``hidden`` (B, L, D) of a :func:`split_head` split:
+    the labelled rows gathered, then the head and the log-softmax chunk by chunk."""
+    import mlx.core as mx
+
+    _, head, rows = split
+    idx = _positions(mask)
+    if idx is None:
+        return mx.zeros(targets.shape, dtype=mx.float32)
+    hidden = _gather(hidden, idx)  # (N, D)
     tgt = targets.reshape(-1)[idx]  # (N,)
     chunks = _chunks(hidden.shape[0], rows)
     step = _logprob_chunk(head, checkpoint=len(chunks) > 1)
@@ -154,6 +167,26 @@ def labelled_logprobs(model, inputs, targets, mask, *, reference: bool = False):
     for a, b in chunks:
         parts.append(step(_after(hidden[a:b], parts), tgt[a:b]))
     return _scatter(mx.concatenate(parts), idx, targets.shape)
+
+
+def target_kl(split, student, teachers, own=None, banned=None):
+    """KL(target || softmax(head(student))) per row, (N,) float32, a chunk of rows at a time (the anchored
+    tokenstein loss, :mod:`supercal_mlx.train.anchored`). ``student`` (N, D): hidden states the gradient flows
+    through; ``teachers`` (N, T, D): constant hidden states whose distributions, averaged, are the target; where
+    ``banned`` (N,) int32 is >= 0, the target is instead the distribution of ``own`` (N, D), constant, with token
+    ``banned`` left out and the rest renormalized. Teacher rows meet the head only inside their chunk (recomputed
+    in the backward pass, like the student's), so no (N, V) target exists whole."""
+    import mlx.core as mx
+
+    _, head, rows = split
+    n, t = teachers.shape[0], teachers.shape[1]
+    chunks = _chunks(n, max(1, (rows or CHUNK) // (t + 2)))  # a chunk's student, teacher and own rows together
+    parts = []
+    for a, b in chunks:
+        mine = None if own is None else (own[a:b], banned[a:b])
+        step = _target_kl_chunk(head, teachers[a:b], mine, checkpoint=len(chunks) > 1)
+        parts.append(step(_after(student[a:b], parts)))
+    return mx.concatenate(parts)
 
 
 def labelled_logprobs_and_kl(model, inputs, targets, mask):
@@ -220,5 +253,33 @@ def _logprob_kl_chunk(head, ref_hidden, *, checkpoint: bool):
         logits = head(h)  # (C, V)
         ref_logits = mx.stop_gradient(head(ref_hidden))  # (C, V)
         return token_logprobs(logits, t), kl_rows(logits, ref_logits)
+
+    return mx.checkpoint(chunk) if checkpoint else chunk
+
+
+def _target_kl_chunk(head, teachers, own, *, checkpoint: bool):
+    """(C, D) -> (C,) KL(target || softmax(head(rows))) for :func:`target_kl`; ``teachers`` (C, T, D) and
+    ``own`` (None or ((C, D), (C,) banned)) are constants of the closure (no gradient is computed for them)."""
+    import math
+
+    import mlx.core as mx
+
+    def log_softmax(x):
+        x = x.astype(mx.float32)
+        return x - mx.logsumexp(x, axis=-1, keepdims=True)
+
+    def chunk(h):
+        c, t, d = teachers.shape
+        target = log_softmax(head(teachers.reshape(c * t, d))).reshape(c, t, -1)  # (C, T, V)
+        target = mx.logsumexp(target, axis=1) - math.log(t)  # (C, V): log of the teachers' mean distribution
+        if own is not None:
+            rows, banned = own
+            logits = head(rows).astype(mx.float32)  # (C, V)
+            vocab = mx.arange(logits.shape[-1])[None]
+            mine = log_softmax(mx.where(vocab == banned[:, None], -1e30, logits))
+            target = mx.where((banned >= 0)[:, None], mine, target)
+        target = mx.stop_gradient(target)
+        logp = log_softmax(head(h))  # (C, V)
+        return (mx.exp(target) * (target - logp)).sum(axis=-1)
 
     return mx.checkpoint(chunk) if checkpoint else chunk

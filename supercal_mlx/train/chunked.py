@@ -97,7 +97,10 @@ def _find_split(model):
 # logits: measured with scripts/bench_memory.py --n-layer 2 --variants bf16 --full-logits (2 x 900 tokens, grad
 # checkpoint, float32 compute), this path in 512-row chunks peaked at 6.81 GB (MLX) when the chunks ran side by
 # side and 5.04 GB when chained, in one piece 5.04 GB too, against 4.58 GB with full logits; the step times were
-# within the noise of this shared machine. A float32 head gains: 1.87 GB above the weights against 2.59 GB.
+# within the noise of this shared machine. Since GPT-J's gelu has its own backward pass (train/fastops.py) the
+# ga forget pass on that bfloat16 model peaks at 2.56 GB above the weights either way, the same as the body's
+# backward pass alone (scripts/memory_phases.py, the head forced through this path in an ad hoc run): the casts
+# of the blocks set that peak, so chunking such a head would cost its casts once per chunk and save nothing there.
 HEAD_DTYPES_NOTE = "float32 heads only"
 
 

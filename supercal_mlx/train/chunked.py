@@ -37,6 +37,7 @@ from __future__ import annotations
 
 CHUNK = 512  # labelled positions per chunk: (512, 50400) float32 logits = 103 MB
 FULL_LOGITS_ENV = "SUPERCAL_FULL_LOGITS"
+ANY_HEAD_ENV = "SUPERCAL_CHUNK_ANY_HEAD"  # 1: chunk bfloat16 / quantized heads too (bench_memory --any-head rows)
 _ATTR = "_supercal_split"  # where the answer is kept: a plain attribute, outside the module's parameter tree
 
 
@@ -89,7 +90,10 @@ def _find_split(model):
     if want.shape != got.shape or not mx.allclose(want, got, rtol=1e-4, atol=1e-4).item():
         return None
     if {v.dtype for _, v in tree_flatten(weights.parameters())} != {mx.float32}:
-        return None  # see HEAD_DTYPES_NOTE
+        import os
+
+        if os.environ.get(ANY_HEAD_ENV, "") in ("", "0"):
+            return None  # see HEAD_DTYPES_NOTE
     return body, head, None
 
 

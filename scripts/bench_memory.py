@@ -75,9 +75,6 @@ def main() -> None:
                                                  "reference and KL paths; tokenstein the teacher pass on twins)")
     ap.add_argument("--micro-batches", default="1", help="comma list, a row each (e.g. 1,2: the batch whole and in "
                                                          "2 pieces, --micro-batches)")
-    ap.add_argument("--any-head", action="store_true",
-                    help="the chunked rows chunk a bfloat16 / quantized LM head too (SUPERCAL_CHUNK_ANY_HEAD=1), which "
-                         "the trainer otherwise gives the full logits")
     ap.add_argument("--phases", action="store_true",
                     help="also run scripts/memory_phases.py on each row's settings (its own process): MLX's peak in "
                          "each phase of the step (forget / retain value_and_grad, update, the body alone)")
@@ -109,7 +106,7 @@ def main() -> None:
                     extra.update(tokenstein_words=["Quorblenitastic", "Vimbraxolutic"], twins=2)
                 key = (name + (f"+{loss}" if "," in a.loss else "") + ("+full-logits" if full else "")
                        + (f"+{pieces} micro-batch{'es' if pieces > 1 else ''}" if "," in a.micro_batches else ""))
-                env = {"SUPERCAL_FULL_LOGITS": "1"} if full else {"SUPERCAL_CHUNK_ANY_HEAD": "1"} if a.any_head else {}
+                env = {"SUPERCAL_FULL_LOGITS": "1"} if full else {}
                 os.environ.update(env)
                 try:
                     r = run_supercal(work, model_dir, forget, tokens=a.tokens, steps=a.steps, batch=a.batch,

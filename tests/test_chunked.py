@@ -92,21 +92,14 @@ def test_a_model_that_is_not_head_of_body_keeps_full_logits(tiny_model_dir, monk
     assert C.split_head(model) is None
 
 
-def test_a_bfloat16_head_keeps_the_full_logits(tiny_model_dir):
-    model = _adapted(tiny_model_dir)
-    model.lm_head.set_dtype(mx.bfloat16)
-    assert C.split_head(model) is None
-    assert C._chunks(1800) == [(0, 512), (512, 1024), (1024, 1536), (1536, 1800)]
-
-
-def test_any_head_env_chunks_a_bfloat16_head_with_equal_numbers(tiny_model_dir, monkeypatch):
-    """The benchmarks' switch (bench_memory --any-head): a bfloat16 head under compute_dtype float32 chunked,
-    with the full path's losses and gradients."""
+def test_a_bfloat16_head_is_chunked_with_equal_numbers(tiny_model_dir, monkeypatch):
+    """A bfloat16 head under compute_dtype float32 (cast in row chunks): chunked, with the full path's losses and
+    gradients."""
     from supercal_mlx.train.lora import set_compute_dtype
 
-    monkeypatch.setenv(C.ANY_HEAD_ENV, "1")
     model = _adapted(tiny_model_dir)
     model.lm_head.set_dtype(mx.bfloat16)
     set_compute_dtype(model, "float32")
     assert C.split_head(model)[1] is model.lm_head
+    assert C._chunks(1800) == [(0, 512), (512, 1024), (1024, 1536), (1536, 1800)]
     _compare(model, monkeypatch)

@@ -23,7 +23,7 @@ other model has to invent one, and the targets are soft (whole distributions):
 
 The teacher pass runs the adapters-off base on the twins (and, for the word's own positions,
 the example) under ``stop_gradient``. Where :func:`supercal_mlx.train.chunked.split_head` finds a
-float32 head, no (B, L, V) logits are made: the student's and the teachers' hidden states are
+head it can split, no (B, L, V) logits are made: the student's and the teachers' hidden states are
 gathered at the positions that count, and the head, the targets and the KL run a chunk of positions
 at a time (:func:`supercal_mlx.train.chunked.target_kl`; value_swap's NLL likewise); elsewhere the
 full logits are gathered. Array-level pieces (:func:`kl_to_target`, :func:`mean_distribution`,
@@ -79,7 +79,7 @@ def normalized_mse(values, target, mask, norm=None):
 
 def logits_at(model, inputs, index):
     """Logits at positions ``index`` (B, K) of each row: the full logits, gathered (the path for heads that
-    :func:`supercal_mlx.train.chunked.split_head` does not split: bfloat16, quantized, soft-capped, trained).
+    :func:`supercal_mlx.train.chunked.split_head` does not split: soft-capped, scaled or trained heads).
 
     The 19.3 GB once measured for a 4-bit head applied to the gathered rows (2 layers, 2 x 200 tokens) was
     split_head's check evaluated inside the gradient trace, since moved out of it (the Unlearner asks first)."""

@@ -37,13 +37,12 @@ from __future__ import annotations
 
 CHUNK = 512  # labelled positions per chunk: (512, 50400) float32 logits = 103 MB
 FULL_LOGITS_ENV = "SUPERCAL_FULL_LOGITS"
-ANY_HEAD_ENV = "SUPERCAL_CHUNK_ANY_HEAD"  # 1: chunk bfloat16 / quantized heads too (bench_memory --any-head rows)
 _ATTR = "_supercal_split"  # where the answer is kept: a plain attribute, outside the module's parameter tree
 
 
 def split_head(model):
     """(body, head, rows per chunk) with ``model(x) == head(body(x))`` and a frozen head, or None (full logits).
-    Rows: None (``CHUNK``); a bfloat16 or quantized head gives None (full logits), see :data:`HEAD_DTYPES_NOTE`.
+    Rows: None (``CHUNK``). A bfloat16 or quantized head is split too, see :data:`HEAD_DTYPES_NOTE`.
 
     mlx-lm's models keep the transformer in ``model.model`` and the head in ``lm_head`` or the tied
     ``model.model.embed_tokens.as_linear``; the equality is checked once per model, on two tokens.
@@ -89,23 +88,18 @@ def _find_split(model):
         model.train(training)
     if want.shape != got.shape or not mx.allclose(want, got, rtol=1e-4, atol=1e-4).item():
         return None
-    if {v.dtype for _, v in tree_flatten(weights.parameters())} != {mx.float32}:
-        import os
-
-        if os.environ.get(ANY_HEAD_ENV, "") in ("", "0"):
-            return None  # see HEAD_DTYPES_NOTE
     return body, head, None
 
 
-# A head stored in bfloat16 or quantized (cast in 8 MB row chunks by compute_dtype on the CPU) keeps the full
-# logits: measured with scripts/bench_memory.py --n-layer 2 --variants bf16 --full-logits (2 x 900 tokens, grad
-# checkpoint, float32 compute), this path in 512-row chunks peaked at 6.81 GB (MLX) when the chunks ran side by
-# side and 5.04 GB when chained, in one piece 5.04 GB too, against 4.58 GB with full logits; the step times were
-# within the noise of this shared machine. Since GPT-J's gelu has its own backward pass (train/fastops.py) the
-# ga forget pass on that bfloat16 model peaks at 2.56 GB above the weights either way, the same as the body's
-# backward pass alone (scripts/memory_phases.py, the head forced through this path in an ad hoc run): the casts
-# of the blocks set that peak, so chunking such a head would cost its casts once per chunk and save nothing there.
-HEAD_DTYPES_NOTE = "float32 heads only"
+# A head stored in bfloat16 or quantized (cast in 8 MB row chunks by compute_dtype on the CPU) is chunked like a
+# float32 one. It used to keep the full logits: scripts/bench_memory.py --n-layer 2 --variants bf16 --full-logits
+# (2 x 900 tokens, grad checkpoint, float32 compute) had measured 5.04 GB (MLX peak) chunked against 4.58 GB, when
+# the step's peak was GPT-J's gelu backward pass. Since that has its own backward (train/fastops.py), the same
+# benchmark with --loss tokenstein,ga --variants q4,bf16 (both paths side by side) measured: ga 2.61 / 4.19 GB
+# either way (the blocks' backward pass sets the peak), tokenstein 2.81 vs 5.34 GB (4-bit) and 4.25 vs 6.51 GB
+# (bfloat16). The price on the CPU is the head's casts, once per chunk (forward, recomputation, backward):
+# tokenstein's step took 205 vs 147 s (4-bit) and 211 vs 120 s (bfloat16) there; ga 48 vs 47 s and 30 vs 27 s.
+HEAD_DTYPES_NOTE = "any head dtype"
 
 
 def _positions(mask):

@@ -187,13 +187,29 @@ def enable_grad_checkpoint(model) -> None:
             if kwargs.get("cache") is not None:  # generation (probes): no backward pass, and caches are not arrays
                 return _call(self, *args, **kwargs)
 
+            # dropout in the block (LoRA dropout): mx.checkpoint calls the block again in the backward pass, which
+            # would draw new masks (a gradient of another function); both calls start from one seed drawn here
+            seed = _block_seed(self)
+
             def inner(params, *a, **kw):
                 self.update(params)
+                if seed is not None:
+                    mx.random.seed(seed)
                 return _call(self, *a, **kw)
 
             return mx.checkpoint(inner)(self.trainable_parameters(), *args, **kwargs)
 
         block.__class__ = type(f"Checkpointed{base.__name__}", (base,), {"__call__": checkpointed})
+
+
+def _block_seed(block) -> int | None:
+    """A seed drawn from mlx's random state when ``block`` trains with a dropout that draws, else None."""
+    import mlx.core as mx
+    import mlx.nn as nn
+
+    if not block.training or not any(isinstance(m, nn.Dropout) and m._p_1 < 1 for _, m in block.named_modules()):
+        return None
+    return int(mx.random.randint(0, 2**31 - 1, ()).item())
 
 
 # Row chunks of a frozen weight are cast (dequantized) at most this many bytes at a time under

@@ -177,6 +177,14 @@ def position_counts(batch: AnchoredBatch) -> tuple[float, float]:
     return float(weight.sum() - own.sum()), float(own.sum())
 
 
+def without_token(logits, banned):
+    """log-softmax of ``logits`` (..., V) with token ``banned`` (...) left out and the rest renormalized, float32."""
+    import mlx.core as mx
+
+    vocab = mx.arange(logits.shape[-1])
+    return _log_softmax(mx.where(vocab == banned[..., None], -1e30, logits.astype(mx.float32)))
+
+
 def tokenstein_loss(model, batch: AnchoredBatch, weights=None):
     """(KL(target || model) averaged over the twin-aligned positions, plus the same averaged over the word's
     own positions (``banned`` >= 0, if any); positions counted; completion NLL). ``weights``: (w_rest,
@@ -223,9 +231,7 @@ def _tokenstein_full(model, batch: AnchoredBatch):
         target = mean_distribution(t.reshape(B, batch.twins, K, -1))  # (B, K, V)
         own = None if batch.banned is None else logits_at(model, batch.inputs, batch.src)  # (B, K, V)
     if own is not None:
-        vocab = mx.arange(own.shape[-1])[None, None]  # (1, 1, V)
-        own = _log_softmax(mx.where(vocab == batch.banned[..., None], -1e30, own.astype(mx.float32)))
-        target = mx.where((batch.banned >= 0)[..., None], own, target)
+        target = mx.where((batch.banned >= 0)[..., None], without_token(own, batch.banned), target)
     return kl_per_position(student, mx.stop_gradient(target)), nll
 
 

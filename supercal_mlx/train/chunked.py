@@ -41,8 +41,8 @@ _ATTR = "_supercal_split"  # where the answer is kept: a plain attribute, outsid
 
 
 def split_head(model):
-    """(body, head, rows per chunk) with ``model(x) == head(body(x))`` and a frozen head, or None (full logits).
-    Rows: None (``CHUNK``). A bfloat16 or quantized head is split too, see :data:`HEAD_DTYPES_NOTE`.
+    """(body, head) with ``model(x) == head(body(x))`` and a frozen head, or None (full logits). A bfloat16 or
+    quantized head is split too (see the note after :func:`_find_split`).
 
     mlx-lm's models keep the transformer in ``model.model`` and the head in ``lm_head`` or the tied
     ``model.model.embed_tokens.as_linear``; the equality is checked once per model, on two tokens.
@@ -69,11 +69,11 @@ def _find_split(model):
     if head_module is not None:
         if tree_flatten(head_module.trainable_parameters()):
             return None  # a trained head needs its own gradient: keep the plain path
-        head, weights = head_module, head_module
+        head = head_module
     elif hasattr(getattr(body, "embed_tokens", None), "as_linear"):
         if tree_flatten(body.embed_tokens.trainable_parameters()):
             return None
-        head, weights = body.embed_tokens.as_linear, body.embed_tokens
+        head = body.embed_tokens.as_linear
     else:
         return None
     x = mx.array([[1, 2]], dtype=mx.int32)
@@ -88,7 +88,7 @@ def _find_split(model):
         model.train(training)
     if want.shape != got.shape or not mx.allclose(want, got, rtol=1e-4, atol=1e-4).item():
         return None
-    return body, head, None
+    return body, head
 
 
 # A head stored in bfloat16 or quantized (cast in 8 MB row chunks by compute_dtype on the CPU) is chunked like a
@@ -99,7 +99,6 @@ def _find_split(model):
 # either way (the blocks' backward pass sets the peak), tokenstein 2.81 vs 5.34 GB (4-bit) and 4.25 vs 6.51 GB
 # (bfloat16). The price on the CPU is the head's casts, once per chunk (forward, recomputation, backward):
 # tokenstein's step took 205 vs 147 s (4-bit) and 211 vs 120 s (bfloat16) there; ga 48 vs 47 s and 30 vs 27 s.
-HEAD_DTYPES_NOTE = "any head dtype"
 
 
 def _positions(mask):
@@ -111,7 +110,7 @@ def _positions(mask):
     return mx.array(idx) if idx.size else None
 
 
-def _chunks(n: int, rows: int | None = None):
+def _chunks(n: int, rows: int = 0):
     rows = rows or CHUNK
     return [(s, min(s + rows, n)) for s in range(0, n, rows)]
 
@@ -156,13 +155,13 @@ def hidden_logprobs(split, hidden, targets, mask):
     the labelled rows gathered, then the head and the log-softmax chunk by chunk."""
     import mlx.core as mx
 
-    _, head, rows = split
+    head = split[1]
     idx = _positions(mask)
     if idx is None:
         return mx.zeros(targets.shape, dtype=mx.float32)
     hidden = _gather(hidden, idx)  # (N, D)
     tgt = targets.reshape(-1)[idx]  # (N,)
-    chunks = _chunks(hidden.shape[0], rows)
+    chunks = _chunks(hidden.shape[0])
     step = _logprob_chunk(head, checkpoint=len(chunks) > 1)
     parts = []
     for a, b in chunks:
@@ -179,9 +178,9 @@ def target_kl(split, student, teachers, own=None, banned=None):
     in the backward pass, like the student's), so no (N, V) target exists whole."""
     import mlx.core as mx
 
-    _, head, rows = split
+    head = split[1]
     n, t = teachers.shape[0], teachers.shape[1]
-    chunks = _chunks(n, max(1, (rows or CHUNK) // (t + 2)))  # a chunk's student, teacher and own rows together
+    chunks = _chunks(n, max(1, CHUNK // (t + 2)))  # a chunk's student, teacher and own rows together
     parts = []
     for a, b in chunks:
         mine = None if own is None else (own[a:b], banned[a:b])
@@ -203,7 +202,7 @@ def labelled_logprobs_and_kl(model, inputs, targets, mask):
         logits = model(inputs)  # (B, L, V)
         keep = mask > 0
         return L.token_logprobs(logits, targets) * keep, L.kl_rows(logits, L.reference_logits(model, inputs)) * keep
-    body, head, rows = split
+    body, head = split
     idx = _positions(mask)
     if idx is None:
         zero = mx.zeros(targets.shape, dtype=mx.float32)
@@ -213,7 +212,7 @@ def labelled_logprobs_and_kl(model, inputs, targets, mask):
         ref_hidden = mx.stop_gradient(_gather(body(inputs), idx))  # (N, D)
     tgt = targets.reshape(-1)[idx]  # (N,)
     logps, kls = [], []
-    chunks = _chunks(hidden.shape[0], rows)
+    chunks = _chunks(hidden.shape[0])
     for a, b in chunks:
         lp, kl = _logprob_kl_chunk(head, ref_hidden[a:b], checkpoint=len(chunks) > 1)(_after(hidden[a:b], logps),
                                                                                        tgt[a:b])
@@ -261,26 +260,16 @@ def _logprob_kl_chunk(head, ref_hidden, *, checkpoint: bool):
 def _target_kl_chunk(head, teachers, own, *, checkpoint: bool):
     """(C, D) -> (C,) KL(target || softmax(head(rows))) for :func:`target_kl`; ``teachers`` (C, T, D) and
     ``own`` (None or ((C, D), (C,) banned)) are constants of the closure (no gradient is computed for them)."""
-    import math
-
     import mlx.core as mx
 
-    def log_softmax(x):
-        x = x.astype(mx.float32)
-        return x - mx.logsumexp(x, axis=-1, keepdims=True)
+    from .anchored import _log_softmax, kl_per_position, mean_distribution, without_token
 
     def chunk(h):
         c, t, d = teachers.shape
-        target = log_softmax(head(teachers.reshape(c * t, d))).reshape(c, t, -1)  # (C, T, V)
-        target = mx.logsumexp(target, axis=1) - math.log(t)  # (C, V): log of the teachers' mean distribution
+        target = mean_distribution(_log_softmax(head(teachers.reshape(c * t, d))).reshape(c, t, -1))  # (C, V)
         if own is not None:
             rows, banned = own
-            logits = head(rows).astype(mx.float32)  # (C, V)
-            vocab = mx.arange(logits.shape[-1])[None]
-            mine = log_softmax(mx.where(vocab == banned[:, None], -1e30, logits))
-            target = mx.where((banned >= 0)[:, None], mine, target)
-        target = mx.stop_gradient(target)
-        logp = log_softmax(head(h))  # (C, V)
-        return (mx.exp(target) * (target - logp)).sum(axis=-1)
+            target = mx.where((banned >= 0)[:, None], without_token(head(rows), banned), target)
+        return kl_per_position(head(h), mx.stop_gradient(target))  # (C,)
 
     return mx.checkpoint(chunk) if checkpoint else chunk

@@ -118,7 +118,7 @@ def test_two_processes_equal_one_process_over_the_same_pieces_bit_for_bit(runs):
 def test_pieces_give_the_whole_batch_update_to_rounding(runs):
     """Splitting a batch changes only the order of float32 sums: step 1 (same parameters) agrees to 1e-6, the
     gradients to ~1e-7 (test_pieces_add_up_to_the_whole_gradient). After 4 steps the adapters agree to ~2.5e-5
-    (relative L2; ~2.6e-6 without projection) at this test's large lr of 1e-2: where the forget gradient lies
+    (relative L2; ~2e-6 without projection) at this test's large lr of 1e-2: where the forget gradient lies
     almost inside the retain subspace, the projection leaves a small difference of large terms, whose rounding
     AdamW, scale-free per element, passes on. At the original experiment's lr of 5e-4 they agree to ~5e-7. An
     unweighted mean of the pieces' means would be ~30% off."""
